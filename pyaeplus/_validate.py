@@ -1,0 +1,94 @@
+"""Input checks shared by the public functions: every error names the argument and says
+what was expected, and all of them run before any kernel."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Iterable
+
+import torch
+
+from . import config
+
+FLOATING = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # torch < 2.3
+        return torch._dynamo.is_compiling()
+
+
+def tensor(name: str, t, *, ndim: int | Iterable[int] | None = None, min_ndim: int | None = None,
+           dtypes: Iterable[torch.dtype] | None = FLOATING, nonempty: bool = True) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None:
+        dtypes = tuple(dtypes)
+        if t.dtype not in dtypes:
+            allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+            raise TypeError(f"{name} must have dtype in ({allowed}), got {str(t.dtype).replace('torch.', '')}")
+    if ndim is not None:
+        dims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if t.dim() not in dims:
+            raise ValueError(f"{name} must be {' or '.join(f'{d}-d' for d in dims)}, got shape {tuple(t.shape)}")
+    if min_ndim is not None and t.dim() < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(t.shape)}")
+    if nonempty and t.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
+    return t
+
+
+def finite(name: str, t: torch.Tensor) -> None:
+    """Reject NaN/Inf (see pyaeplus.config.check_finite for the cost and the switch)."""
+    if not config.check_finite or _compiling() or t.numel() == 0:
+        return
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        n_nan = int(torch.isnan(t).sum())
+        n_inf = int(torch.isinf(t).sum())
+        raise ValueError(f"{name} contains {n_nan} NaN and {n_inf} Inf value(s); pyaeplus rejects non-finite "
+                         "inputs (pyaeplus.config.check_finite=False skips this check)")
+
+
+def same_device(**tensors: torch.Tensor | None) -> torch.device:
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    dev = items[0][1].device
+    for k, v in items[1:]:
+        if v.device != dev:
+            raise ValueError(f"{k} is on {v.device} but {items[0][0]} is on {dev}; all tensors must share a device")
+    return dev
+
+
+def integer(name: str, v, *, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point():
+            v = int(v)
+        else:
+            raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    v = int(v)
+    if lo is not None and v < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {v}")
+    return v
+
+
+def number(name: str, v, *, positive: bool = False, nonnegative: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__} {v!r}")
+    v = float(v)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if positive and v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v}")
+    if nonnegative and v < 0:
+        raise ValueError(f"{name} must be >= 0, got {v}")
+    return v
+
+
+def choice(name: str, v, options: Iterable[str]) -> str:
+    options = tuple(options)
+    if v not in options:
+        raise ValueError(f"{name} must be one of {options}, got {v!r}")
+    return v

@@ -1,0 +1,134 @@
+"""Which implementation runs an op: ``"auto" | "triton" | "cuda" | "cpu" | "torch"``.
+
+* ``auto`` (default): CUDA tensors -> Triton (CUDA C++ if Triton is missing), CPU tensors ->
+  the C++ extension ``pyaeplus._C``; the pure-PyTorch ``reference`` only when the needed
+  compiled code is missing, with one warning.
+* ``triton`` / ``cuda``: CUDA tensors only, through the Triton or the CUDA C++ kernels.
+* ``cpu``: CPU tensors only, through ``pyaeplus._C``.
+* ``torch``: the reference implementation (``pyaeplus.reference``) on any device.
+
+Set it with ``pyaeplus.backends.set("cuda")``, for a block with
+``with pyaeplus.backends.use("torch"): ...``, or with the environment variable
+``PYAEPLUS_BACKEND``. Asking for a backend that cannot run the tensors at hand raises a
+``RuntimeError`` that says why; nothing silently falls back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import builtins
+import contextvars
+import os
+import warnings
+from typing import Iterator
+
+import torch
+
+from . import _ext
+
+BACKENDS = ("auto", "triton", "cuda", "cpu", "torch")
+
+_ENV = "PYAEPLUS_BACKEND"
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"pyaeplus backend must be one of {BACKENDS}, got {name!r}")
+    return name.lower()
+
+
+def _from_env() -> str:
+    raw = os.environ.get(_ENV, "auto")
+    try:
+        return _check_name(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {_ENV}={raw!r} is not one of {BACKENDS}") from None
+
+
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar("pyaeplus_backend", default=None)
+
+
+def get() -> str:
+    """The backend in force (context, then ``set()``, then ``PYAEPLUS_BACKEND``, then ``auto``)."""
+    v = _current.get()
+    return v if v is not None else _from_env()
+
+
+def set(name: str) -> None:  # noqa: A001 - the public name the design asks for
+    """Select the backend for this thread / context from now on."""
+    _current.set(_check_name(name))
+
+
+@contextlib.contextmanager
+def use(name: str) -> Iterator[None]:
+    """Select a backend inside a ``with`` block."""
+    token = _current.set(_check_name(name))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def available() -> dict[str, bool]:
+    """Which backends can run on this machine now."""
+    gpu = torch.cuda.is_available()
+    return {
+        "triton": gpu and _ext.triton_available(),
+        "cuda": gpu and _ext.cuda_ext() is not None,
+        "cpu": _ext.cpu_ext() is not None,
+        "torch": True,
+    }
+
+
+_warned: builtins.set[str] = builtins.set()
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+
+def resolve(device_type: str) -> str:
+    """The concrete implementation ("triton", "cuda", "cpu" or "torch") for tensors on
+    ``device_type`` under the backend in force. Raises RuntimeError when it cannot run."""
+    name = get()
+    if name == "torch":
+        return "torch"
+    if device_type == "cuda":
+        if name == "auto":
+            if _ext.triton_available():
+                return "triton"
+            if _ext.cuda_ext() is not None:
+                return "cuda"
+            _warn_once("cuda", "pyaeplus: neither triton nor the CUDA extension is available; "
+                       "using the pure-PyTorch reference implementation on CUDA tensors")
+            return "torch"
+        if name == "triton":
+            if not _ext.triton_available():
+                raise RuntimeError("pyaeplus backend 'triton' requested but triton is not installed")
+            return "triton"
+        if name == "cuda":
+            if _ext.cuda_ext() is None:
+                raise RuntimeError("pyaeplus backend 'cuda' requested but pyaeplus._cuda was not built "
+                                   f"({_ext._import('_cuda')[1]}); reinstall with PYAEPLUS_CUDA=ON")
+            return "cuda"
+        raise RuntimeError(f"pyaeplus backend {name!r} runs CPU tensors only, but the inputs are on CUDA; "
+                           "use backends.use('auto') or move the tensors")
+    if device_type == "cpu":
+        if name == "auto":
+            if _ext.cpu_ext() is not None:
+                return "cpu"
+            _warn_once("cpu", "pyaeplus: the C++ extension pyaeplus._C is not built; "
+                       "using the pure-PyTorch reference implementation on CPU tensors")
+            return "torch"
+        if name == "cpu":
+            if _ext.cpu_ext() is None:
+                raise RuntimeError("pyaeplus backend 'cpu' requested but pyaeplus._C is not built "
+                                   f"({_ext._import('_C')[1]})")
+            return "cpu"
+        raise RuntimeError(f"pyaeplus backend {name!r} runs CUDA tensors only, but the inputs are on the CPU; "
+                           "use backends.use('auto') or move the tensors to a GPU")
+    if name == "auto":
+        return "torch"
+    raise RuntimeError(f"pyaeplus backend {name!r} cannot run tensors on device type {device_type!r}")

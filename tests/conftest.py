@@ -1,0 +1,61 @@
+"""Shared test configuration.
+
+Triton kernels are tested on CPU under the interpreter: without a GPU, TRITON_INTERPRET=1 is
+set here, before anything imports triton (pyaeplus imports it only when a Triton kernel runs).
+On a GPU machine Triton compiles for real; run the interpreter tests there in a separate
+process with TRITON_INTERPRET=1 (benchmarks/gpu_check.sh does).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pathlib
+
+if "TRITON_INTERPRET" not in os.environ and not glob.glob("/dev/nvidia[0-9]*"):
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DATA_ROOT = pathlib.Path(os.environ.get("PYAEPLUS_DATA", REPO.parent / "shared" / "data"))
+
+HAS_CUDA = torch.cuda.is_available()
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# Per-dtype tolerances (atol, rtol) for fast path vs reference computed in the same dtype
+# by the reference in float32 (tests cast the reference to the input dtype).
+TOL = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+
+
+def devices() -> list[str]:
+    return ["cpu", "cuda"] if HAS_CUDA else ["cpu"]
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_interp = pytest.mark.skip(reason="Triton interpreter tests need TRITON_INTERPRET=1 (set when no GPU)")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+        if "interpret" in item.keywords and not TRITON_INTERPRET:
+            item.add_marker(skip_interp)
+
+
+@pytest.fixture
+def data_root() -> pathlib.Path:
+    if not DATA_ROOT.exists():
+        pytest.skip(f"real data not found at {DATA_ROOT} (set PYAEPLUS_DATA)")
+    return DATA_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
