@@ -1,0 +1,341 @@
+"""Shared benchmark harness: one process measures every provider of an op side by side.
+
+Each measurement: warm-up, then the median (and 20th/80th percentiles) of repeated timings;
+CUDA timings with events after a synchronize, CPU timings with perf_counter. Peak memory is
+measured in a separate run (CUDA: the caching allocator's peak; CPU: the torch profiler's
+allocation events replayed in order), so it does not perturb the timings. Results are written
+as JSON (rows with the device, versions and date) and rendered as Markdown, with the speed-up
+of each provider over the anchor of the same config and mode, and achieved bandwidth when the
+script states the minimum bytes an op must move.
+
+    import harness
+    r = harness.Runner("topk", description="...")
+    r.add(provider="pyaeplus[cpu]", config={...}, mode="full", fn=step, anchor=False, bytes_moved=None)
+    r.finish()
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+HERE = pathlib.Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+MODES = ("forward", "backward", "full")
+
+
+class BackwardOnly:
+    """Time only the backward: ``make()`` (untimed) builds the outputs, then the timed part
+    runs ``torch.autograd.backward(outputs, grads)``. ``make`` returns a tensor or a tuple of
+    tensors; ``grad`` (optional) gives the gradient to feed (default: ones)."""
+
+    def __init__(self, make: Callable[[], Any], grad: Callable[[Any], Any] | None = None):
+        self.make = make
+        self.grad = grad
+
+    def prepare(self):
+        out = self.make()
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        outs = tuple(o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad)
+        grads = self.grad(out) if self.grad is not None else tuple(torch.ones_like(o) for o in outs)
+        if isinstance(grads, torch.Tensor):
+            grads = (grads,)
+        return lambda: torch.autograd.backward(outs, grads)
+
+
+def backward_only(make: Callable[[], Any], grad: Callable[[Any], Any] | None = None) -> BackwardOnly:
+    return BackwardOnly(make, grad)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: str) -> dict:
+    info: dict[str, Any] = {"device": device}
+    if device.startswith("cuda"):
+        p = torch.cuda.get_device_properties(0)
+        info.update(name=p.name, memory_gb=round(p.total_memory / 2**30, 1), sm_count=p.multi_processor_count,
+                    capability=f"{p.major}.{p.minor}")
+        try:
+            import subprocess
+
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=20).stdout.strip()
+        except Exception:
+            info["driver"] = None
+    else:
+        info.update(name=_cpu_name(), cores=os.cpu_count(), torch_threads=torch.get_num_threads())
+    return info
+
+
+def device_slug(device: str) -> str:
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(0).lower()
+        return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
+    return f"cpu-{os.cpu_count()}c"
+
+
+def versions() -> dict:
+    v = {"python": platform.python_version(), "torch": torch.__version__}
+    for mod in ("pyaeplus", "triton", "numpy", "faiss", "pytorch_msssim", "kornia", "torchmetrics", "piq",
+                "fused_ssim", "sklearn", "pynndescent"):
+        try:
+            m = __import__(mod)
+            v[mod] = getattr(m, "__version__", "?")
+        except Exception:
+            pass
+    return v
+
+
+def copy_bandwidth(device: str, nbytes: int | None = None, repeats: int = 20) -> float:
+    """Measured device copy bandwidth in GB/s, counting bytes read + written (a device-to-device
+    ``copy_`` of a large buffer): the ceiling that "fraction of bandwidth" figures refer to."""
+    if nbytes is None:
+        nbytes = (1 << 30) if device.startswith("cuda") else (256 << 20)
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t = _time(lambda: dst.copy_(src), device, warmup=3, repeats=repeats)
+    del src, dst
+    return 2 * nbytes / (t["median_ms"] * 1e-3) / 1e9
+
+
+def _time(fn: Callable[[], Any] | BackwardOnly, device: str, *, warmup: int, repeats: int,
+          min_time_s: float = 0.0) -> dict:
+    """Median of `repeats` timed calls after `warmup` calls (more repeats if they are very short)."""
+    cuda = device.startswith("cuda")
+    prep = isinstance(fn, BackwardOnly)
+    for _ in range(warmup):
+        (fn.prepare() if prep else fn)()
+        if prep:
+            pass
+    _sync(device)
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start_all < min_time_s and len(times) < 10 * repeats):
+        call = fn.prepare() if prep else fn
+        if cuda:
+            _sync(device)
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            call()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    q = lambda p: times[min(len(times) - 1, max(0, int(round(p * (len(times) - 1)))))]  # noqa: E731
+    return {"median_ms": statistics.median(times), "p20_ms": q(0.2), "p80_ms": q(0.8), "n": len(times)}
+
+
+def peak_memory_bytes(fn: Callable[[], Any] | BackwardOnly, device: str) -> int | None:
+    """Peak bytes allocated by one call above what was live before it."""
+    gc.collect()
+    prep = isinstance(fn, BackwardOnly)
+    call = fn.prepare() if prep else fn
+    if device.startswith("cuda"):
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        call()
+        _sync(device)
+        return torch.cuda.max_memory_allocated() - base
+    try:
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return None
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        call()
+    # Each event's self memory is what it allocated minus what it freed outside its children
+    # ("[memory]" events are frees/allocations outside any op); replayed in start order they
+    # give the live-bytes curve at op granularity.
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+class Runner:
+    """Collects rows for one op (one benchmark script) and writes them at ``finish()``."""
+
+    def __init__(self, name: str, description: str = "", argv: list[str] | None = None):
+        ap = argparse.ArgumentParser(description=description or f"benchmark: {name}")
+        ap.add_argument("--quick", action="store_true", help="small shapes, few repeats (a smoke run)")
+        ap.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
+        ap.add_argument("--warmup", type=int, default=None)
+        ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+        ap.add_argument("--out", default=str(RESULTS), help="results folder")
+        ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+        ap.add_argument("--only", default=None, help="comma-separated provider substrings to run")
+        self.args, self.extra = ap.parse_known_args(argv)
+        self.name = name
+        self.description = description
+        self.quick = self.args.quick
+        dev = self.args.device
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
+        self.repeats = self.args.repeats or (3 if self.quick else 15)
+        self.warmup = self.args.warmup if self.args.warmup is not None else (1 if self.quick else 3)
+        self.rows: list[dict] = []
+        self.skipped: dict[str, str] = {}
+        self.started = _dt.datetime.now(_dt.timezone.utc)
+        self.env = {"device": device_info(self.device), "versions": versions(), "date": self.started.isoformat(),
+                    "quick": self.quick, "argv": sys.argv[1:]}
+        try:
+            import pyaeplus
+
+            self.env["pyaeplus_backends"] = pyaeplus.backends.available()
+            self.env["check_finite"] = pyaeplus.config.check_finite
+        except Exception:
+            pass
+        self._bw: float | None = None
+
+    # -- measurement -------------------------------------------------------------------------
+    def wants(self, provider: str) -> bool:
+        if not self.args.only:
+            return True
+        return any(s and s in provider for s in self.args.only.split(","))
+
+    def skip(self, provider: str, reason: str) -> None:
+        self.skipped[provider] = reason
+        print(f"[{self.name}] skip {provider}: {reason}", flush=True)
+
+    def copy_bandwidth_gbs(self) -> float:
+        if self._bw is None:
+            self._bw = copy_bandwidth(self.device)
+            self.env["copy_bandwidth_gbs"] = round(self._bw, 1)
+        return self._bw
+
+    def add(self, provider: str, config: dict, mode: str, fn: Callable[[], Any] | BackwardOnly, *,
+            anchor: bool = False, bytes_moved: int | None = None, note: str | None = None) -> dict | None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not self.wants(provider):
+            return None
+        try:
+            t = _time(fn, self.device, warmup=self.warmup, repeats=self.repeats,
+                      min_time_s=0.05 if self.quick else 0.5)
+            mem = None if self.args.no_memory else peak_memory_bytes(fn, self.device)
+        except Exception as e:  # a provider that fails on a shape is reported, not fatal
+            self.skip(f"{provider} {config} {mode}", f"{type(e).__name__}: {e}")
+            return None
+        row = {"provider": provider, "config": config, "mode": mode, "anchor": anchor, **t,
+               "peak_mem_bytes": mem, "bytes_moved": bytes_moved, "note": note}
+        if bytes_moved:
+            row["gbs"] = bytes_moved / (t["median_ms"] * 1e-3) / 1e9
+            row["bw_fraction"] = row["gbs"] / self.copy_bandwidth_gbs()
+        self.rows.append(row)
+        mem_s = f"{mem / 2**20:8.1f} MiB" if mem is not None else "       - "
+        print(f"[{self.name}] {mode:8s} {provider:34s} {_cfg(config):40s} {t['median_ms']:10.3f} ms {mem_s}",
+              flush=True)
+        gc.collect()
+        return row
+
+    # -- output ------------------------------------------------------------------------------
+    def _ratios(self) -> None:
+        anchors: dict[tuple, list[dict]] = {}
+        for r in self.rows:
+            if r["anchor"]:
+                anchors.setdefault((_cfg(r["config"]), r["mode"]), []).append(r)
+        for r in self.rows:
+            for a in anchors.get((_cfg(r["config"]), r["mode"]), []):
+                r.setdefault("speedup", {})[a["provider"]] = a["median_ms"] / r["median_ms"]
+
+    def finish(self) -> pathlib.Path:
+        self._ratios()
+        out = pathlib.Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        slug = device_slug(self.device) + ("-quick" if self.quick else "")
+        doc = {"name": self.name, "description": self.description, "env": self.env, "rows": self.rows,
+               "skipped": self.skipped}
+        jpath = out / f"{self.name}-{slug}.json"
+        tmp = jpath.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=1, default=str))
+        os.replace(tmp, jpath)
+        mpath = out / f"{self.name}-{slug}.md"
+        mpath.write_text(render_markdown(doc))
+        print(f"[{self.name}] wrote {jpath} and {mpath}", flush=True)
+        return jpath
+
+
+def _cfg(config: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in config.items())
+
+
+def render_markdown(doc: dict) -> str:
+    env = doc["env"]
+    d = env["device"]
+    v = env["versions"]
+    lines = [f"# {doc['name']}", ""]
+    if doc.get("description"):
+        lines += [doc["description"], ""]
+    dev = d.get("name", d.get("device"))
+    extra = f", driver {d['driver']}" if d.get("driver") else (f", {d.get('cores')} cores" if d.get("cores") else "")
+    lines.append(f"Device: **{dev}**{extra}. Date: {env['date'][:19]}Z. "
+                 + ", ".join(f"{k} {val}" for k, val in v.items()) + ".")
+    if env.get("copy_bandwidth_gbs"):
+        lines.append(f"Measured copy bandwidth: {env['copy_bandwidth_gbs']} GB/s (read + write).")
+    if "check_finite" in env:
+        lines.append(f"pyaeplus input finite-checks: {'on' if env['check_finite'] else 'off'}.")
+    if env.get("quick"):
+        lines.append("**Quick smoke run: small shapes, few repeats; not a measurement.**")
+    lines.append("")
+    groups: dict[tuple, list[dict]] = {}
+    for r in doc["rows"]:
+        groups.setdefault((_cfg(r["config"]), r["mode"]), []).append(r)
+    for (cfg, mode), rows in groups.items():
+        anchors = [r["provider"] for r in rows if r["anchor"]]
+        lines.append(f"## {mode}: {cfg}")
+        lines.append("")
+        head = "| provider | median ms | p20–p80 ms | peak MiB |"
+        sep = "|---|---:|---:|---:|"
+        for a in anchors:
+            head += f" speed-up vs {a} |"
+            sep += "---:|"
+        if any(r.get("gbs") for r in rows):
+            head += " GB/s | of copy BW |"
+            sep += "---:|---:|"
+        lines += [head, sep]
+        for r in sorted(rows, key=lambda r: r["median_ms"]):
+            mem = "-" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / 2**20:.1f}"
+            line = (f"| {r['provider']}{' (anchor)' if r['anchor'] else ''} | {r['median_ms']:.3f} | "
+                    f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f} | {mem} |")
+            for a in anchors:
+                s = r.get("speedup", {}).get(a)
+                line += f" {s:.2f}x |" if s is not None and math.isfinite(s) else " - |"
+            if any(x.get("gbs") for x in rows):
+                line += (f" {r['gbs']:.1f} | {100 * r['bw_fraction']:.0f} % |" if r.get("gbs") else " - | - |")
+            lines.append(line)
+        lines.append("")
+    if doc.get("skipped"):
+        lines.append("Skipped:")
+        lines += [f"- {k}: {val}" for k, val in doc["skipped"].items()]
+        lines.append("")
+    return "\n".join(lines)
