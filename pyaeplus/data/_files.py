@@ -1,0 +1,55 @@
+"""Checksums, verified downloads and atomic writes shared by the loaders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+
+
+def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def verify_md5(path: str | os.PathLike, expected: str) -> None:
+    """Raise ValueError naming the file and both checksums when ``path`` does not hash to ``expected``."""
+    got = md5sum(path)
+    if got != expected:
+        raise ValueError(
+            f"checksum mismatch for {os.fspath(path)}: MD5 is {got}, the published MD5 is {expected}; "
+            "the file is corrupt or truncated (delete it and download it again)")
+
+
+def download(urls: list[str], dest: pathlib.Path, md5: str, *, timeout: float = 60.0) -> pathlib.Path:
+    """Fetch ``dest`` from the first mirror that answers, verify its MD5 *before* it takes its
+    final name (a partial or corrupt download never lands at ``dest``), then rename atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for url in urls:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
+                shutil.copyfileobj(r, out, 1 << 20)
+            got = md5sum(tmp)
+            if got != md5:
+                errors.append(f"{url}: MD5 {got} != published {md5}")
+                continue
+            os.replace(tmp, dest)
+            return dest
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            errors.append(f"{url}: {e}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError(f"could not download {dest.name}:\n  " + "\n  ".join(errors))
