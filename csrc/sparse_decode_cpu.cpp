@@ -1,0 +1,252 @@
+// sparse_decode on the CPU: out[b] = sum_j values[b,j] * weight[indices[b,j]] (+ bias), and
+// its gradients. The sparse code never becomes a dense (B, D) tensor.
+//
+// The Python side makes every tensor contiguous (ops/sparse_decode.py) and checks the index
+// range; here indices are still bounds-checked because an out-of-range row would be an
+// out-of-bounds read/write.
+//
+// Parallelism: forward and grad_values over batch rows; grad_weight over weight rows after a
+// counting sort of the (b, j) entries by latent row (a reverse index), so every grad_weight
+// row is summed by one thread in a fixed order: deterministic, and no atomics.
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
+#include "common.h"
+#include "parallel.h"
+#include "registry.h"
+
+namespace py = pybind11;
+
+namespace pyaeplus {
+namespace {
+
+template <typename F>
+void dispatch_index(int code, const char* name, F&& f) {
+  if (code == kInt64) {
+    f(int64_t{});
+  } else if (code == kInt32) {
+    f(int32_t{});
+  } else {
+    fail(std::string(name) + ": indices must be int64 or int32, got " + dtype_name(code));
+  }
+}
+
+// acc[n] += v * w[n] for one weight row (vectorizable for float/double storage).
+template <typename T, typename A>
+inline void axpy_row(A* __restrict acc, A v, const T* __restrict w, int64_t N) {
+#pragma omp simd
+  for (int64_t n = 0; n < N; ++n) acc[n] += v * load_as<A>(w, n);
+}
+
+// Four rows at once: a quarter of the loads/stores of acc.
+template <typename T, typename A>
+inline void axpy_row4(A* __restrict acc, A v0, const T* __restrict w0, A v1, const T* __restrict w1,
+                      A v2, const T* __restrict w2, A v3, const T* __restrict w3, int64_t N) {
+#pragma omp simd
+  for (int64_t n = 0; n < N; ++n)
+    acc[n] += v0 * load_as<A>(w0, n) + v1 * load_as<A>(w1, n) + v2 * load_as<A>(w2, n) +
+              v3 * load_as<A>(w3, n);
+}
+
+template <typename A, typename T>
+inline A dot_row(const A* __restrict x, const T* __restrict w, int64_t N) {
+  A s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t n = 0; n < N; ++n) s += x[n] * load_as<A>(w, n);
+  return s;
+}
+
+// values, indices: [B, K]; weight: [D, N]; bias: [N] or null; out: [B, N]. All contiguous.
+template <typename T, typename I>
+void forward_impl(const T* values, const I* indices, const T* weight, const T* bias, T* out, int64_t B,
+                  int64_t K, int64_t D, int64_t N) {
+  using A = acc_t<T>;
+  std::atomic<bool> bad{false};
+  // ~K*N multiply-adds per row: a few rows are enough to be worth a thread.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, K * N));
+  parallel_for(B, grain, [&](int64_t b0, int64_t b1) {
+    std::vector<A> acc(N);
+    for (int64_t b = b0; b < b1; ++b) {
+      if (bias) {
+        for (int64_t n = 0; n < N; ++n) acc[n] = load_as<A>(bias, n);
+      } else {
+        std::fill(acc.begin(), acc.end(), A(0));
+      }
+      const I* idx = indices + b * K;
+      const T* val = values + b * K;
+      int64_t j = 0;
+      bool row_bad = false;
+      for (; j + 4 <= K; j += 4) {
+        const int64_t i0 = idx[j], i1 = idx[j + 1], i2 = idx[j + 2], i3 = idx[j + 3];
+        if ((i0 | i1 | i2 | i3) < 0 || i0 >= D || i1 >= D || i2 >= D || i3 >= D) {
+          row_bad = true;
+          break;
+        }
+        axpy_row4<T, A>(acc.data(), load_as<A>(val, j), weight + i0 * N, load_as<A>(val, j + 1), weight + i1 * N,
+                        load_as<A>(val, j + 2), weight + i2 * N, load_as<A>(val, j + 3), weight + i3 * N, N);
+      }
+      for (; !row_bad && j < K; ++j) {
+        const int64_t i = idx[j];
+        if (i < 0 || i >= D) {
+          row_bad = true;
+          break;
+        }
+        axpy_row<T, A>(acc.data(), load_as<A>(val, j), weight + i * N, N);
+      }
+      if (row_bad) bad.store(true, std::memory_order_relaxed);
+      T* o = out + b * N;
+      for (int64_t n = 0; n < N; ++n) store_from<T, A>(o, n, acc[n]);
+    }
+  });
+  PYAEPLUS_CHECK(!bad.load(), "sparse_decode: an index is out of range [0, D)");
+}
+
+// grad_out: [B, N]; indices: [B, K]; weight: [D, N]; grad_values: [B, K]. All contiguous.
+template <typename T, typename I>
+void grad_values_impl(const T* grad_out, const I* indices, const T* weight, T* grad_values, int64_t B,
+                      int64_t K, int64_t D, int64_t N) {
+  using A = acc_t<T>;
+  std::atomic<bool> bad{false};
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, K * N));
+  parallel_for(B, grain, [&](int64_t b0, int64_t b1) {
+    std::vector<A> g(N);  // grad_out row in the accumulation type, converted once per row
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t n = 0; n < N; ++n) g[n] = load_as<A>(grad_out + b * N, n);
+      const I* idx = indices + b * K;
+      for (int64_t j = 0; j < K; ++j) {
+        const int64_t i = idx[j];
+        A s = 0;
+        if (i < 0 || i >= D) {
+          bad.store(true, std::memory_order_relaxed);
+        } else {
+          s = dot_row<A, T>(g.data(), weight + i * N, N);
+        }
+        store_from<T, A>(grad_values + b * K, j, s);
+      }
+    }
+  });
+  PYAEPLUS_CHECK(!bad.load(), "sparse_decode: an index is out of range [0, D)");
+}
+
+// grad_out: [B, N]; values, indices: [B, K]; grad_weight: [D, N] (every row written). Contiguous.
+template <typename T, typename I>
+void grad_weight_impl(const T* grad_out, const T* values, const I* indices, T* grad_weight, int64_t B,
+                      int64_t K, int64_t D, int64_t N) {
+  using A = acc_t<T>;
+  const int64_t E = B * K;
+  // Reverse index by a counting sort (stable: entries of a row stay in increasing b*K+j order).
+  std::vector<int64_t> indptr(D + 1, 0);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t i = indices[e];
+    PYAEPLUS_CHECK(i >= 0 && i < D, "sparse_decode: an index is out of range [0, D)");
+    ++indptr[i + 1];
+  }
+  for (int64_t i = 0; i < D; ++i) indptr[i + 1] += indptr[i];
+  std::vector<int64_t> order(E);
+  {
+    std::vector<int64_t> pos(indptr.begin(), indptr.end() - 1);
+    for (int64_t e = 0; e < E; ++e) order[pos[indices[e]]++] = e;
+  }
+  // Split the weight rows so that each thread gets about the same cost: every row is written
+  // (N stores) and each of its entries is N multiply-adds. cost(prefix of i rows) = indptr[i] + i.
+  const int nt = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(max_threads(), (E + D) * N / 65536 + 1)));
+  const int64_t total = E + D;
+  auto row_at_cost = [&](int64_t c) {  // first row whose prefix cost reaches c
+    int64_t lo = 0, hi = D;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (indptr[mid] + mid < c) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+  };
+  parallel_for(nt, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<A> acc(N);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = row_at_cost(total * t / nt), r1 = row_at_cost(total * (t + 1) / nt);
+      for (int64_t i = r0; i < r1; ++i) {
+        std::fill(acc.begin(), acc.end(), A(0));
+        int64_t p = indptr[i];
+        const int64_t end = indptr[i + 1];
+        for (; p + 4 <= end; p += 4) {
+          const int64_t e0 = order[p], e1 = order[p + 1], e2 = order[p + 2], e3 = order[p + 3];
+          axpy_row4<T, A>(acc.data(), load_as<A>(values, e0), grad_out + (e0 / K) * N, load_as<A>(values, e1),
+                          grad_out + (e1 / K) * N, load_as<A>(values, e2), grad_out + (e2 / K) * N,
+                          load_as<A>(values, e3), grad_out + (e3 / K) * N, N);
+        }
+        for (; p < end; ++p) {
+          const int64_t e = order[p];
+          axpy_row<T, A>(acc.data(), load_as<A>(values, e), grad_out + (e / K) * N, N);
+        }
+        T* g = grad_weight + i * N;
+        for (int64_t n = 0; n < N; ++n) store_from<T, A>(g, n, acc[n]);
+      }
+    }
+  });
+}
+
+void check_sizes(int64_t B, int64_t K, int64_t D, int64_t N) {
+  PYAEPLUS_CHECK(B >= 0 && K >= 0 && D > 0 && N >= 0, "sparse_decode: invalid sizes");
+}
+
+void forward(uintptr_t values, uintptr_t indices, uintptr_t weight, uintptr_t bias, uintptr_t out, int64_t B,
+             int64_t K, int64_t D, int64_t N, int dtype, int index_dtype) {
+  check_sizes(B, K, D, N);
+  dispatch_index(index_dtype, "sparse_decode", [&](auto itag) {
+    using I = decltype(itag);
+    PYAEPLUS_DISPATCH_FLOATING(dtype, "sparse_decode", [&] {
+      forward_impl<scalar_t, I>(as_ptr<const scalar_t>(values), as_ptr<const I>(indices),
+                                as_ptr<const scalar_t>(weight), as_ptr<const scalar_t>(bias),
+                                as_ptr<scalar_t>(out), B, K, D, N);
+    });
+  });
+}
+
+void grad_values(uintptr_t grad_out, uintptr_t indices, uintptr_t weight, uintptr_t grad_vals, int64_t B,
+                 int64_t K, int64_t D, int64_t N, int dtype, int index_dtype) {
+  check_sizes(B, K, D, N);
+  dispatch_index(index_dtype, "sparse_decode_grad_values", [&](auto itag) {
+    using I = decltype(itag);
+    PYAEPLUS_DISPATCH_FLOATING(dtype, "sparse_decode_grad_values", [&] {
+      grad_values_impl<scalar_t, I>(as_ptr<const scalar_t>(grad_out), as_ptr<const I>(indices),
+                                    as_ptr<const scalar_t>(weight), as_ptr<scalar_t>(grad_vals), B, K, D, N);
+    });
+  });
+}
+
+void grad_weight(uintptr_t grad_out, uintptr_t values, uintptr_t indices, uintptr_t grad_w, int64_t B,
+                 int64_t K, int64_t D, int64_t N, int dtype, int index_dtype) {
+  check_sizes(B, K, D, N);
+  dispatch_index(index_dtype, "sparse_decode_grad_weight", [&](auto itag) {
+    using I = decltype(itag);
+    PYAEPLUS_DISPATCH_FLOATING(dtype, "sparse_decode_grad_weight", [&] {
+      grad_weight_impl<scalar_t, I>(as_ptr<const scalar_t>(grad_out), as_ptr<const scalar_t>(values),
+                                    as_ptr<const I>(indices), as_ptr<scalar_t>(grad_w), B, K, D, N);
+    });
+  });
+}
+
+void bind_sparse_decode(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("sparse_decode_forward", &forward, nogil,
+        "out[B,N] = sum_j values[B,K] * weight[D,N][indices[B,K]] (+ bias[N]); contiguous inputs",
+        py::arg("values"), py::arg("indices"), py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("B"),
+        py::arg("K"), py::arg("D"), py::arg("N"), py::arg("dtype"), py::arg("index_dtype"));
+  m.def("sparse_decode_grad_values", &grad_values, nogil,
+        "grad_values[B,K] = <grad_out[b], weight[indices[b,j]]>; contiguous inputs", py::arg("grad_out"),
+        py::arg("indices"), py::arg("weight"), py::arg("grad_values"), py::arg("B"), py::arg("K"), py::arg("D"),
+        py::arg("N"), py::arg("dtype"), py::arg("index_dtype"));
+  m.def("sparse_decode_grad_weight", &grad_weight, nogil,
+        "grad_weight[D,N] by reverse index (deterministic, no atomics); contiguous inputs", py::arg("grad_out"),
+        py::arg("values"), py::arg("indices"), py::arg("grad_weight"), py::arg("B"), py::arg("K"), py::arg("D"),
+        py::arg("N"), py::arg("dtype"), py::arg("index_dtype"));
+}
+
+}  // namespace
+
+PYAEPLUS_REGISTER(sparse_decode, bind_sparse_decode);
+
+}  // namespace pyaeplus

@@ -1,0 +1,185 @@
+"""Custom ops for the sparse decoder.
+
+* ``pyaeplus::sparse_decode(values, indices, weight, bias?) -> out``: values/indices (B, k),
+  weight (D, N), bias (N,) or None, out (B, N).
+* ``pyaeplus::_sparse_decode_grad_values(grad_out, indices, weight) -> (B, k)``
+* ``pyaeplus::_sparse_decode_grad_weight(grad_out, values, indices, weight) -> (D, N)``:
+  deterministic on every backend (reverse index, fixed summation order, no float atomics).
+
+The two gradients are separate ops so that the backward computes only what
+``ctx.needs_input_grad`` asks for. Every implementation here receives contiguous tensors
+(``.contiguous()`` below: a no-op for the usual layouts).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _ext
+from ..reference import sparse_decode as ref
+from ._dispatch import run
+
+
+def _triton():
+    from ..kernels import sparse_decode as m
+
+    return m
+
+
+def _c(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+# ---- forward ------------------------------------------------------------------------------
+
+def _forward_compiled(ext, values, indices, weight, bias, *, cuda: bool) -> torch.Tensor:
+    values, indices, weight, bias = _c(values), _c(indices), _c(weight), _c(bias)
+    B, K = values.shape
+    D, N = weight.shape
+    out = torch.empty((B, N), dtype=values.dtype, device=values.device)
+    args = [_ext.ptr(values), _ext.ptr(indices), _ext.ptr(weight), _ext.ptr(bias), _ext.ptr(out), B, K, D, N,
+            _ext.dtype_code(values), _ext.dtype_code(indices)]
+    if cuda:
+        args.append(_ext.stream(values))
+    ext.sparse_decode_forward(*args)
+    return out
+
+
+def _forward_triton(values, indices, weight, bias) -> torch.Tensor:
+    return _triton().sparse_decode_forward(_c(values), _c(indices), _c(weight), _c(bias))
+
+
+@torch.library.custom_op("pyaeplus::sparse_decode", mutates_args=(), device_types="cuda")
+def sparse_decode(values: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor,
+                  bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return run("sparse_decode", values.device,
+               triton=lambda: _forward_triton(values, indices, weight, bias),
+               cuda=lambda: _forward_compiled(_ext.cuda_ext(), values, indices, weight, bias, cuda=True),
+               torch_=lambda: ref.sparse_decode(values, indices, weight, bias))
+
+
+@sparse_decode.register_kernel("cpu")
+def _(values, indices, weight, bias):
+    return run("sparse_decode", values.device,
+               cpu=lambda: _forward_compiled(_ext.cpu_ext(), values, indices, weight, bias, cuda=False),
+               torch_=lambda: ref.sparse_decode(values, indices, weight, bias))
+
+
+@sparse_decode.register_fake
+def _(values, indices, weight, bias):
+    return values.new_empty((values.shape[0], weight.shape[1]))
+
+
+# ---- grad_values --------------------------------------------------------------------------
+
+def _grad_values_compiled(ext, grad_out, indices, weight, *, cuda: bool) -> torch.Tensor:
+    grad_out, indices, weight = _c(grad_out), _c(indices), _c(weight)
+    B, K = indices.shape
+    D, N = weight.shape
+    gv = torch.empty((B, K), dtype=weight.dtype, device=weight.device)
+    args = [_ext.ptr(grad_out), _ext.ptr(indices), _ext.ptr(weight), _ext.ptr(gv), B, K, D, N,
+            _ext.dtype_code(weight), _ext.dtype_code(indices)]
+    if cuda:
+        args.append(_ext.stream(weight))
+    ext.sparse_decode_grad_values(*args)
+    return gv
+
+
+@torch.library.custom_op("pyaeplus::_sparse_decode_grad_values", mutates_args=(), device_types="cuda")
+def _sparse_decode_grad_values(grad_out: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return run("sparse_decode", weight.device,
+               triton=lambda: _triton().sparse_decode_grad_values(_c(grad_out), _c(indices), _c(weight)),
+               cuda=lambda: _grad_values_compiled(_ext.cuda_ext(), grad_out, indices, weight, cuda=True),
+               torch_=lambda: ref.sparse_decode_grad_values(grad_out, indices, weight))
+
+
+@_sparse_decode_grad_values.register_kernel("cpu")
+def _(grad_out, indices, weight):
+    return run("sparse_decode", weight.device,
+               cpu=lambda: _grad_values_compiled(_ext.cpu_ext(), grad_out, indices, weight, cuda=False),
+               torch_=lambda: ref.sparse_decode_grad_values(grad_out, indices, weight))
+
+
+@_sparse_decode_grad_values.register_fake
+def _(grad_out, indices, weight):
+    return weight.new_empty(indices.shape)
+
+
+# ---- grad_weight --------------------------------------------------------------------------
+
+def _grad_weight_cpu(grad_out, values, indices, weight) -> torch.Tensor:
+    # The C++ kernel builds the reverse index itself (counting sort) and writes every row.
+    grad_out, values, indices = _c(grad_out), _c(values), _c(indices)
+    B, K = indices.shape
+    D, N = weight.shape
+    gw = torch.empty((D, N), dtype=weight.dtype, device=weight.device)
+    _ext.cpu_ext().sparse_decode_grad_weight(_ext.ptr(grad_out), _ext.ptr(values), _ext.ptr(indices), _ext.ptr(gw),
+                                             B, K, D, N, _ext.dtype_code(weight), _ext.dtype_code(indices))
+    return gw
+
+
+def _grad_weight_cuda(grad_out, values, indices, weight) -> torch.Tensor:
+    grad_out, values, indices = _c(grad_out), _c(values), _c(indices)
+    D, N = weight.shape
+    K = indices.shape[1]
+    order, indptr = ref.sparse_decode_reverse_index(indices, D)
+    sorted_values = values.reshape(-1)[order].contiguous()        # [B*K]
+    sorted_rows = torch.div(order, K, rounding_mode="floor")       # [B*K] batch row of each entry
+    gw = torch.empty((D, N), dtype=weight.dtype, device=weight.device)
+    _ext.cuda_ext().sparse_decode_grad_weight(_ext.ptr(grad_out), _ext.ptr(sorted_values), _ext.ptr(sorted_rows),
+                                              _ext.ptr(indptr), _ext.ptr(gw), D, N, _ext.dtype_code(weight),
+                                              _ext.stream(weight))
+    return gw
+
+
+def _grad_weight_triton(grad_out, values, indices, weight) -> torch.Tensor:
+    D = weight.shape[0]
+    order, indptr = ref.sparse_decode_reverse_index(indices, D)
+    return _triton().sparse_decode_grad_weight(_c(grad_out), _c(values), _c(indices), order, indptr, D)
+
+
+@torch.library.custom_op("pyaeplus::_sparse_decode_grad_weight", mutates_args=(), device_types="cuda")
+def _sparse_decode_grad_weight(grad_out: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
+                               weight: torch.Tensor) -> torch.Tensor:
+    return run("sparse_decode", weight.device,
+               triton=lambda: _grad_weight_triton(grad_out, values, indices, weight),
+               cuda=lambda: _grad_weight_cuda(grad_out, values, indices, weight),
+               torch_=lambda: ref.sparse_decode_grad_weight(grad_out, values, indices, weight))
+
+
+@_sparse_decode_grad_weight.register_kernel("cpu")
+def _(grad_out, values, indices, weight):
+    return run("sparse_decode", weight.device,
+               cpu=lambda: _grad_weight_cpu(grad_out, values, indices, weight),
+               torch_=lambda: ref.sparse_decode_grad_weight(grad_out, values, indices, weight))
+
+
+@_sparse_decode_grad_weight.register_fake
+def _(grad_out, values, indices, weight):
+    return weight.new_empty(weight.shape)
+
+
+# ---- autograd -----------------------------------------------------------------------------
+
+def _setup_context(ctx, inputs, output):
+    values, indices, weight, bias = inputs
+    ctx.save_for_backward(values, indices, weight)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_out):
+    values, indices, weight = ctx.saved_tensors
+    grad_values = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_values = torch.ops.pyaeplus._sparse_decode_grad_values(grad_out, indices, weight)
+    if ctx.needs_input_grad[2]:
+        grad_weight = torch.ops.pyaeplus._sparse_decode_grad_weight(grad_out, values, indices, weight)
+    if ctx.has_bias and ctx.needs_input_grad[3]:
+        acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
+        grad_bias = grad_out.sum(0, dtype=acc).to(grad_out.dtype)
+    return grad_values, None, grad_weight, grad_bias
+
+
+sparse_decode.register_autograd(_backward, setup_context=_setup_context)
