@@ -5,4 +5,11 @@ __all__: list[str] = []
 
 # ---- CSR graph, weights, sampler (graph/csr.py, graph/weights.py, graph/sampler.py) -----
 
+from . import weights  # noqa: E402
+from .csr import Graph  # noqa: E402
+from .sampler import NeighborBatchSampler  # noqa: E402
+from .weights import heat_kernel, symmetrize  # noqa: E402
+
+__all__ += ["Graph", "NeighborBatchSampler", "heat_kernel", "symmetrize", "weights"]
+
 # ---- k-NN graph and features (graph/knn.py, graph/features.py) ---------------------------
