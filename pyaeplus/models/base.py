@@ -1,0 +1,252 @@
+"""What every model of the zoo shares: the registry, the batch protocol, activations and the
+reconstruction losses chosen by name."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _validate
+
+MODELS: dict[str, type["AutoEncoder"]] = {}
+
+RECON_LOSSES = ("mse", "mae", "bce", "ssim", "ms_ssim", "l1_ssim")
+_IMAGE_LOSSES = ("ssim", "ms_ssim", "l1_ssim")
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "softplus": nn.Softplus,
+    "identity": nn.Identity,
+}
+OUTPUT_ACTIVATIONS = (None, "identity", "sigmoid", "tanh")
+
+
+def register(name: str):
+    """Class decorator: put a model in ``MODELS`` under ``name`` (its checkpoint name)."""
+
+    def deco(cls):
+        if name in MODELS and MODELS[name] is not cls:
+            raise ValueError(f"model name {name!r} is already registered to {MODELS[name].__name__}")
+        MODELS[name] = cls
+        cls.model_name = name
+        return cls
+
+    return deco
+
+
+def build(name: str, **config: Any) -> "AutoEncoder":
+    """Rebuild a model from its registry name and JSON-able constructor arguments.
+
+    Args:
+        name: a key of ``pyaeplus.models.MODELS`` (e.g. ``"dense"``, ``"conv"``, ``"vae"``).
+        **config: the constructor arguments, as stored in ``model.config``.
+
+    Returns:
+        A freshly initialised model (load a state dict into it to restore weights).
+    """
+    if name not in MODELS:
+        raise ValueError(f"name must be one of {tuple(sorted(MODELS))}, got {name!r}")
+    return MODELS[name](**config)
+
+
+def activation(name: str | None, arg: str = "activation") -> nn.Module:
+    if name is None:
+        return nn.Identity()
+    _validate.choice(arg, name, tuple(ACTIVATIONS))
+    return ACTIVATIONS[name]()
+
+
+def int_list(name: str, v, *, lo: int = 1, allow_empty: bool = True) -> list[int]:
+    if isinstance(v, (int, bool)) or not isinstance(v, Sequence):
+        raise TypeError(f"{name} must be a list of ints, got {type(v).__name__} {v!r}")
+    out = [_validate.integer(f"{name}[{i}]", e, lo=lo) for i, e in enumerate(v)]
+    if not allow_empty and not out:
+        raise ValueError(f"{name} must not be empty")
+    return out
+
+
+def split_batch(batch) -> tuple[torch.Tensor, Any]:
+    """``batch`` may be a tensor, or a tuple/list whose first element is the input (the rest:
+    labels or node indices), or a dict with key ``"x"``. Returns (x, second element or None)."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, dict):
+        if "x" not in batch:
+            raise ValueError(f"batch dict must have key 'x', got keys {sorted(batch)}")
+        return batch["x"], batch.get("idx", batch.get("y"))
+    if isinstance(batch, (tuple, list)) and batch:
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    raise TypeError(f"batch must be a tensor, a non-empty (x, ...) tuple/list or a dict, got {type(batch).__name__}")
+
+
+def check_input(name: str, x, feature_shape: tuple[int, ...]) -> torch.Tensor:
+    """x must be floating, (B, *feature_shape) or (B, prod(feature_shape)), finite and non-empty."""
+    _validate.tensor(name, x, min_ndim=2)
+    flat = math.prod(feature_shape)
+    # exact per-sample shape, or flattened (B, F); a flat model takes any (B, ...) with F elements
+    ok = tuple(x.shape[1:]) == tuple(feature_shape) or (x.dim() == 2 and x.shape[1] == flat) \
+        or (len(feature_shape) == 1 and math.prod(x.shape[1:]) == flat)
+    if not ok:
+        raise ValueError(f"{name} must have shape (B, {', '.join(map(str, feature_shape))})"
+                         + (f" or (B, {flat})" if len(feature_shape) > 1 else "")
+                         + f", got {tuple(x.shape)}")
+    _validate.finite(name, x)
+    return x
+
+
+def check_loss_name(loss: str, image_shape: tuple[int, ...] | None) -> str:
+    _validate.choice("loss", loss, RECON_LOSSES)
+    if loss in _IMAGE_LOSSES and (image_shape is None or len(image_shape) != 3):
+        raise ValueError(f"loss={loss!r} compares images: the model needs an image input_shape (C, H, W), "
+                         f"got {image_shape}")
+    return loss
+
+
+def _ssim_loss_module(loss: str, data_range: float, channels: int) -> nn.Module:
+    """The fused SSIM-family modules of pyaeplus.nn, one value per image (reduction="none")."""
+    from .. import nn as pnn
+
+    names = {"ssim": "SSIMLoss", "ms_ssim": "MS_SSIM", "l1_ssim": "L1SSIMLoss"}
+    cls = getattr(pnn, names[loss], None)
+    if cls is None:  # the SSIM kernels are not part of this build
+        raise RuntimeError(f"loss={loss!r} needs pyaeplus.nn.{names[loss]}, which this pyaeplus does not provide")
+    # pytorch-msssim-style modules build their window for `channel` channels (default 3)
+    wanted = {"data_range": data_range, "reduction": "none", "channel": channels}
+    params = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in wanted.items() if k in params})
+
+
+def elementwise_error(loss: str, target: torch.Tensor, out: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-element error for the pointwise losses; ``logits`` (pre-sigmoid output) makes BCE stable."""
+    if loss == "mse":
+        return (out - target).square()
+    if loss == "mae":
+        return (out - target).abs()
+    if loss == "bce":
+        if logits is not None:
+            return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        return F.binary_cross_entropy(out, target, reduction="none")
+    raise ValueError(f"loss={loss!r} has no per-element error")
+
+
+class AutoEncoder(nn.Module):
+    """Base of the zoo. Subclasses define ``encode``, ``decode`` and set:
+
+    * ``self._config``: the JSON-able constructor arguments (``config`` returns a copy),
+    * ``self.feature_shape``: the per-sample input shape, e.g. ``(784,)`` or ``(1, 28, 28)``,
+    * ``self.recon_loss``: one of ``RECON_LOSSES``,
+    * optionally ``decode_logits(z)`` (pre-sigmoid output) when the output activation is a
+      sigmoid, so that BCE is computed from logits.
+    """
+
+    model_name = "autoencoder"
+    data_range: float = 1.0
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-able constructor arguments: ``build(model.model_name, **model.config)`` rebuilds it."""
+        return copy.deepcopy(self._config)
+
+    def extra_repr(self) -> str:
+        return f"name={self.model_name!r}"
+
+    def _init_recon(self, loss: str, feature_shape: tuple[int, ...], image_shape: tuple[int, ...] | None) -> None:
+        """Set the reconstruction loss (validated) and the per-sample input shape; image losses get
+        their pyaeplus.nn module as a submodule so that ``.to(device)`` moves its window."""
+        self.recon_loss = check_loss_name(loss, image_shape)
+        self.feature_shape = tuple(int(s) for s in feature_shape)
+        self.image_shape = None if image_shape is None else tuple(int(s) for s in image_shape)
+        self.ssim_loss = (_ssim_loss_module(loss, self.data_range, self.image_shape[0])
+                          if loss in _IMAGE_LOSSES else None)
+
+    def _as_image(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.image_shape)
+
+    # ---- protocol -------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of ``x``, same shape as ``x``."""
+        return self.decode(self.encode(x))
+
+    def _input(self, batch, name: str = "batch") -> tuple[torch.Tensor, Any]:
+        x, extra = split_batch(batch)
+        return check_input(name if not isinstance(batch, torch.Tensor) else "x", x, self.feature_shape), extra
+
+    def _as_feature_shape(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.feature_shape)
+
+    # ---- reconstruction error -------------------------------------------------------------
+    def reconstruction_error(self, x: torch.Tensor, out: torch.Tensor, logits: torch.Tensor | None = None,
+                             reduce: str = "mean") -> torch.Tensor:
+        """Per-sample reconstruction error (B,) under ``self.recon_loss``: mean over features for
+        mse/mae/bce, 1 − SSIM (or MS-SSIM, or the L1+SSIM mix) per image for the image losses.
+        ``reduce="sum"`` multiplies by the number of features (a per-sample negative
+        log-likelihood scale, as the VAE needs)."""
+        loss = self.recon_loss
+        if reduce == "sum":
+            return self.reconstruction_error(x, out, logits) * math.prod(self.feature_shape)
+        if loss in _IMAGE_LOSSES:
+            mod = self.ssim_loss
+            xi, oi = self._as_image(x), self._as_image(out)
+            err = mod(oi, xi)
+            if loss == "ms_ssim":  # MS_SSIM returns the similarity
+                err = 1.0 - err
+            return err.reshape(x.shape[0])
+        x = x.reshape(out.shape) if x.shape != out.shape else x
+        err = elementwise_error(loss, x, out, logits)
+        return err.reshape(err.shape[0], -1).mean(1)
+
+    def _recon_terms(self, x: torch.Tensor, z: torch.Tensor, reduce: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction, per-sample error) from latents z, using logits for BCE when possible."""
+        if self.recon_loss == "bce" and hasattr(self, "decode_logits"):
+            logits = self.decode_logits(z)
+            out = torch.sigmoid(logits)
+            return out, self.reconstruction_error(x, out, logits, reduce)
+        out = self.decode(z)
+        return out, self.reconstruction_error(x, out, None, reduce)
+
+    def loss(self, batch) -> dict[str, torch.Tensor]:
+        """Training objective on a batch (tensor or (x, ...) tuple).
+
+        Returns:
+            dict with ``"loss"`` (scalar total, to backpropagate) and ``"recon"`` (scalar).
+        """
+        x, _ = self._input(batch)
+        _, err = self._recon_terms(x, self.encode(x))
+        recon = err.mean()
+        return {"loss": recon, "recon": recon.detach()}
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """Anomaly score per sample (B,), higher = more anomalous: the reconstruction error
+        under the model's loss name. Runs without gradients in the current train/eval mode."""
+        x, _ = self._input(x, "x")
+        return self._recon_terms(x, self.encode(x))[1]
+
+
+def as_model(arg: str, base) -> tuple["AutoEncoder", dict]:
+    """A wrapped model given as an instance of the zoo or as {"name": ..., "config": {...}}.
+    Returns (module, its JSON-able description)."""
+    if isinstance(base, AutoEncoder):
+        return base, {"name": base.model_name, "config": base.config}
+    if isinstance(base, dict) and "name" in base:
+        return build(base["name"], **base.get("config", {})), {"name": base["name"], "config": copy.deepcopy(base.get("config", {}))}
+    raise TypeError(f"{arg} must be a pyaeplus.models model or a dict {{'name': ..., 'config': {{...}}}}, "
+                    f"got {type(base).__name__}")

@@ -1,0 +1,133 @@
+"""Deep one-class SVM: autoencoder latents -> fixed random Fourier features -> a linear
+one-class SVM trained on its primal objective."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import _validate
+from .base import AutoEncoder, as_model, register
+
+
+@register("deep_ocsvm")
+class DeepOCSVM(AutoEncoder):
+    """One-class SVM with an RBF kernel on the latents of an autoencoder.
+
+    The RBF kernel ``exp(−γ‖z − z'‖²)`` is approximated by ``n_features`` random Fourier
+    features ``φ(z) = sqrt(2/D) cos(zΩ + b)``, Ω ~ N(0, 2γ), b ~ U(0, 2π) (Rahimi & Recht 2007),
+    drawn once from ``seed`` and kept as buffers (not trained). On top sits the linear one-class
+    SVM (Schölkopf et al. 2001) in its primal form, with the batch as the sample:
+
+        ½‖w‖² + 1/(ν·n) Σ_i max(0, ρ − ⟨w, φ(z_i)⟩) − ρ
+
+    At its optimum at most a fraction ν of the training points lie outside the boundary
+    (``⟨w, φ⟩ < ρ``) and at least ν on or outside it. The total loss adds
+    ``recon_weight × reconstruction``. With ``detach_latent=True`` (default) the SVM trains on the
+    latents without moving the encoder, which the reconstruction shapes: trained jointly, the
+    SVM term alone is minimised by collapsing every latent to one point.
+
+    Args:
+        base: the autoencoder, a model of the zoo or ``{"name": ..., "config": {...}}``.
+        nu: ν in (0, 1].
+        gamma: RBF kernel width γ > 0 (default 1 / latent dimension).
+        n_features: number D of random Fourier features.
+        seed: seed of Ω and b.
+        recon_weight: weight of the reconstruction term (0 trains the SVM only).
+        detach_latent: stop the SVM gradient at the latents.
+
+    Shapes:
+        ``encode``: x -> latents (B, d); ``decode``: back; ``forward``: the reconstruction;
+        ``features``: (B, d) -> (B, D); ``margin``: x -> ⟨w, φ(z)⟩ − ρ (B,); ``score``: (B,) ρ − ⟨w, φ(z)⟩.
+    """
+
+    def __init__(self, base: Any, *, nu: float = 0.1, gamma: float | None = None, n_features: int = 512,
+                 seed: int = 0, recon_weight: float = 1.0, detach_latent: bool = True):
+        super().__init__()
+        self.base, desc = as_model("base", base)
+        nu = _validate.number("nu", nu)
+        if not 0 < nu <= 1:
+            raise ValueError(f"nu must be in (0, 1], got {nu}")
+        n_features = _validate.integer("n_features", n_features, lo=1)
+        seed = _validate.integer("seed", seed)
+        self.recon_weight = _validate.number("recon_weight", recon_weight, nonnegative=True)
+        self.nu, self.detach_latent = nu, bool(detach_latent)
+        self.feature_shape, self.recon_loss = self.base.feature_shape, self.base.recon_loss
+        self.latent_dim = self._latent_dim()
+        if gamma is None:
+            gamma = 1.0 / self.latent_dim
+        self.gamma = _validate.number("gamma", gamma, positive=True)
+        self._config = dict(base=desc, nu=nu, gamma=self.gamma, n_features=n_features, seed=seed,
+                            recon_weight=self.recon_weight, detach_latent=self.detach_latent)
+        g = torch.Generator().manual_seed(seed)
+        # buffers: saved with the model and moved by .to(), never trained
+        self.register_buffer("omega", torch.randn(self.latent_dim, n_features, generator=g) * math.sqrt(2 * self.gamma))
+        self.register_buffer("phase", torch.rand(n_features, generator=g) * (2 * math.pi))
+        self.w = nn.Parameter(torch.zeros(n_features))
+        self.rho = nn.Parameter(torch.zeros(()))
+
+    @torch.no_grad()
+    def _latent_dim(self) -> int:
+        was = self.base.training
+        self.base.eval()  # BatchNorm in training mode rejects a single-sample dry run
+        try:
+            p = next(self.base.parameters(), None)
+            x = torch.zeros(1, *self.feature_shape, device=None if p is None else p.device,
+                            dtype=None if p is None else p.dtype)
+            return self.base.encode(x).flatten(1).shape[1]
+        finally:
+            self.base.train(was)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's latents."""
+        return self.base.encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's reconstruction from latents."""
+        return self.base.decode(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's reconstruction of x."""
+        return self.base(x)
+
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """Random Fourier features φ(z), (B, d) -> (B, D)."""
+        z = z.flatten(1)
+        return math.sqrt(2.0 / self.omega.shape[1]) * torch.cos(z @ self.omega.to(z.dtype) + self.phase.to(z.dtype))
+
+    def _margin_from_latent(self, z: torch.Tensor) -> torch.Tensor:
+        f = self.features(z)
+        return f @ self.w.to(f.dtype) - self.rho.to(f.dtype)
+
+    def margin(self, x: torch.Tensor) -> torch.Tensor:
+        """Signed SVM margin ⟨w, φ(z)⟩ − ρ per sample (B,): negative outside the boundary."""
+        return self._margin_from_latent(self.encode(x))
+
+    def loss(self, batch) -> dict[str, torch.Tensor]:
+        """Primal OC-SVM objective (+ recon_weight × reconstruction).
+
+        Returns:
+            dict with ``"loss"``, ``"svm"`` (the primal objective), ``"recon"``, ``"rho"`` and
+            ``"outside"`` (fraction of the batch with negative margin).
+        """
+        x, _ = self.base._input(batch)
+        z = self.base.encode(x)
+        m = self._margin_from_latent(z.detach() if self.detach_latent else z)  # (B,) ⟨w,φ⟩ − ρ
+        svm = 0.5 * self.w.square().sum() + torch.relu(-m).mean() / self.nu - self.rho
+        out = {"svm": svm.detach(), "rho": self.rho.detach().clone(), "outside": (m < 0).float().mean().detach()}
+        if self.recon_weight > 0:
+            recon = self.base._recon_terms(x, z)[1].mean()
+            out["recon"] = recon.detach()
+            out["loss"] = svm + self.recon_weight * recon
+        else:
+            out["loss"] = svm
+        return out
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """ρ − ⟨w, φ(z)⟩ per sample (B,): positive outside the learnt boundary."""
+        x, _ = self.base._input(x, "x")
+        return -self.margin(x)

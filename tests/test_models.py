@@ -1,0 +1,484 @@
+"""The autoencoder zoo: training decreases each loss, shapes, configs, and the properties that
+define each model (VAE KL, contractive Jacobian, Deep SVDD centre/radius/biases, OC-SVM ν)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from pyaeplus import models as M
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # these models are tiny: one intra-op thread is faster than two, and far faster when the
+    # machine is shared (OpenMP threads spin-waiting on a loaded machine)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _data(n=64, shape=(1, 12, 12), seed=0):
+    """Structured data in [0, 1]: a 3-d latent factor pushed through a fixed random map."""
+    g = torch.Generator().manual_seed(seed)
+    f = math.prod(shape)
+    u = torch.randn(n, 3, generator=g)
+    a = torch.randn(3, f, generator=g)
+    return torch.sigmoid(u @ a).reshape(n, *shape)
+
+
+def _train(model, x, steps=40, lr=1e-2, batch=None):
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        out = model.loss(x if batch is None else batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+    return losses
+
+
+FACTORIES = {
+    "dense": lambda: M.DenseAE(144, [32], 6, input_shape=(1, 12, 12)),
+    "dense_bce": lambda: M.DenseAE(144, [32], 6, output_activation="sigmoid", loss="bce"),
+    "dense_mae_bn": lambda: M.DenseAE(144, [32], 6, loss="mae", batch_norm=True, dropout=0.1),
+    "conv_max_nearest": lambda: M.ConvAE(1, [4, 8], 6, input_shape=(12, 12)),
+    "conv_avg_transposed": lambda: M.ConvAE(1, [4, 8], 6, input_shape=(12, 12), pool="avg", upsample="transposed",
+                                            padding_mode="reflect", output_activation="sigmoid"),
+    "conv_stride_spatial": lambda: M.ConvAE(1, [4, 8], None, input_shape=(12, 12), pool="stride",
+                                            padding_mode="replicate", batch_norm=True),
+    "denoising_gauss": lambda: M.DenoisingAE(M.DenseAE(144, [32], 6), std=0.1),
+    "denoising_mask": lambda: M.DenoisingAE({"name": "conv", "config": {"in_channels": 1, "channels": [4],
+                                                                        "latent": 6, "input_shape": [12, 12]}},
+                                            noise="masking", p=0.2),
+    "contractive_closed": lambda: M.ContractiveAE(144, [], 8, lam=1e-2),
+    "contractive_autograd": lambda: M.ContractiveAE(144, [8], 4, activation="tanh", lam=1e-2),
+    "vae_dense": lambda: M.VAE("dense", 4, in_features=144, hidden=[32], output_activation="sigmoid", loss="bce"),
+    "vae_conv": lambda: M.VAE("conv", 4, in_channels=1, channels=[4, 8], input_shape=(12, 12), beta=0.5),
+    "deep_svdd_lenet": lambda: M.DeepSVDD((1, 12, 12), channels=[4, 2], rep_dim=8),
+    "deep_svdd_dense_soft": lambda: M.DeepSVDD((144,), arch="dense", hidden=[32], rep_dim=8,
+                                               objective="soft-boundary", nu=0.1),
+    "deep_svdd_ae": lambda: M.DeepSVDD((1, 12, 12), channels=[4, 2], rep_dim=8).pretrain_autoencoder(),
+    "deep_ocsvm": lambda: M.DeepOCSVM(M.DenseAE(144, [32], 6), nu=0.1, n_features=64),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_training_decreases_loss(name):
+    x = _data()
+    model = FACTORIES[name]()
+    if isinstance(model, M.DeepSVDD):
+        model.init_center(x)
+    losses = _train(model, x)
+    assert all(math.isfinite(v) for v in losses)
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    # every model must really learn, not just wobble
+    assert last < first - 0.1 * abs(first), (name, losses[:3], losses[-3:])
+    out = model.loss((x, torch.zeros(len(x))))           # (x, y) batches work too
+    assert "loss" in out and all(v.dim() == 0 for v in out.values())
+    assert all(not v.requires_grad for k, v in out.items() if k != "loss")
+    s = model.score(x)
+    assert s.shape == (len(x),) and torch.isfinite(s).all() and not s.requires_grad
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_config_round_trip(name):
+    model = FACTORIES[name]()
+    cfg = json.loads(json.dumps(model.config))           # JSON-able
+    rebuilt = M.build(model.model_name, **cfg)
+    rebuilt.load_state_dict(model.state_dict())
+    assert M.MODELS[model.model_name] is type(model)
+    model.eval()
+    rebuilt.eval()
+    x = _data(8)
+    if isinstance(model, M.DeepSVDD):
+        torch.testing.assert_close(rebuilt(x), model(x))
+    else:
+        torch.testing.assert_close(rebuilt.encode(x), model.encode(x))
+        torch.testing.assert_close(rebuilt(x), model(x))
+    # no tensor is registered twice (safetensors refuses shared storage)
+    ptrs = [t.data_ptr() for t in model.state_dict().values() if t.numel()]
+    assert len(ptrs) == len(set(ptrs))
+
+
+# ---- shapes -------------------------------------------------------------------------------
+
+def test_dense_shapes():
+    m = M.DenseAE(144, [32, 16], 5, input_shape=(1, 12, 12))
+    x = _data(7)
+    assert m.encode(x).shape == (7, 5)
+    assert m.decode(m.encode(x)).shape == (7, 1, 12, 12)
+    assert m(x).shape == x.shape
+    assert m(x.reshape(7, 144)).shape == (7, 144)
+
+
+@pytest.mark.parametrize("pool", ["max", "avg", "stride"])
+@pytest.mark.parametrize("upsample", ["nearest", "transposed"])
+@pytest.mark.parametrize("hw", [(28, 28), (13, 9), (7, 16)])
+def test_conv_any_size(pool, upsample, hw):
+    m = M.ConvAE(2, [3, 4, 5], 7, input_shape=hw, pool=pool, upsample=upsample, padding_mode="circular")
+    x = torch.randn(3, 2, *hw)
+    assert m.encode(x).shape == (3, 7)
+    assert m(x).shape == x.shape
+
+
+def test_conv_sizes_and_spatial_latent():
+    m = M.ConvAE(1, [4, 4, 4], None, input_shape=(28, 28))
+    assert m.sizes == [(28, 28), (14, 14), (7, 7), (4, 4)]
+    x = torch.randn(2, 1, 28, 28)
+    assert m.encode(x).shape == (2, 4, 4, 4)
+    assert m(x).shape == x.shape
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+def test_conv_padding_mode_is_used(padding_mode):
+    m = M.ConvAE(1, [2], 3, input_shape=(6, 6), padding_mode=padding_mode)
+    convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert convs and all(c.padding_mode == padding_mode for c in convs)
+
+
+def test_conv_too_small_input_is_rejected_at_build():
+    with pytest.raises(ValueError, match="input_shape"):
+        M.ConvAE(1, [4, 4, 4, 4], 8, input_shape=(5, 5))
+    with pytest.raises(ValueError, match="reflect"):
+        M.ConvAE(1, [4, 4], 8, input_shape=(3, 3), padding_mode="reflect", kernel_size=3)
+    with pytest.raises(ValueError, match="input_shape"):
+        M.ConvAE(1, [4], 8)
+
+
+# ---- bad input ----------------------------------------------------------------------------
+
+def test_bad_inputs_name_the_argument():
+    m = M.DenseAE(144, [16], 4, input_shape=(1, 12, 12))
+    with pytest.raises(ValueError, match="x must have shape"):
+        m.score(torch.randn(3, 10))
+    with pytest.raises(ValueError, match="batch must have shape"):
+        m.loss((torch.randn(3, 10), torch.zeros(3)))
+    with pytest.raises(TypeError, match="x must have dtype"):
+        m.loss(torch.zeros(3, 144, dtype=torch.int64))
+    with pytest.raises(ValueError, match="x contains 1 NaN"):
+        bad = torch.rand(3, 144)
+        bad[1, 2] = float("nan")
+        m.loss(bad)
+    with pytest.raises(ValueError, match="must not be empty"):
+        m.loss(torch.rand(0, 144))
+    with pytest.raises(TypeError, match="batch must be"):
+        m.loss("abc")
+    c = M.ConvAE(1, [4], 4, input_shape=(12, 12))
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 12, 12\)"):
+        c.score(torch.randn(2, 1, 12, 11))
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: M.DenseAE(144, [16], 4, loss="huber"), "loss must be one of"),
+    (lambda: M.DenseAE(144, [16], 4, loss="bce"), "output_activation='sigmoid'"),
+    (lambda: M.DenseAE(144, [16], 4, loss="ssim"), "image input_shape"),
+    (lambda: M.DenseAE(144, [16], 0), "latent must be >= 1"),
+    (lambda: M.DenseAE(144, [16, -1], 4), r"hidden\[1\] must be >= 1"),
+    (lambda: M.DenseAE(144, [16], 4, input_shape=(1, 12, 11)), "in_features"),
+    (lambda: M.DenseAE(144, [16], 4, activation="swish"), "activation must be one of"),
+    (lambda: M.ConvAE(1, [4], 4, input_shape=(8, 8), kernel_size=4), "kernel_size must be odd"),
+    (lambda: M.ConvAE(1, [4], 4, input_shape=(8, 8), pool="min"), "pool must be one of"),
+    (lambda: M.ConvAE(1, [4], 4, input_shape=(8, 8), upsample="bilinear"), "upsample must be one of"),
+    (lambda: M.ConvAE(1, [4], 4, input_shape=(8, 8), padding_mode="mirror"), "padding_mode must be one of"),
+    (lambda: M.ConvAE(1, [4], 4, input_shape=(3, 8, 8)), "in_channels"),
+    (lambda: M.ConvAE(1, [], 4, input_shape=(8, 8)), "channels must not be empty"),
+    (lambda: M.VAE("dense", 4, in_features=8, latent_activation="relu"), "latent"),
+    (lambda: M.VAE("rnn", 4), "arch must be one of"),
+    (lambda: M.VAE("dense", 4, in_features=8, beta=-1), "beta must be >= 0"),
+    (lambda: M.ContractiveAE(8, [], 4, lam=-1.0), "lam must be >= 0"),
+    (lambda: M.DenoisingAE(M.DenseAE(8, [], 2), noise="pink"), "noise must be one of"),
+    (lambda: M.DenoisingAE(M.DenseAE(8, [], 2), p=1.5), "p must be in"),
+    (lambda: M.DenoisingAE(torch.nn.Linear(2, 2)), "base must be"),
+    (lambda: M.DeepSVDD((1, 12, 12), nu=0.0), "nu must be in"),
+    (lambda: M.DeepSVDD((1, 12, 12), objective="hinge"), "objective must be one of"),
+    (lambda: M.DeepSVDD((144,)), "arch='lenet' needs an image"),
+    (lambda: M.DeepSVDD((1, 3, 3), channels=[4, 4]), "cannot be pooled"),
+    (lambda: M.DeepOCSVM(M.DenseAE(8, [], 2), nu=1.5), "nu must be in"),
+    (lambda: M.DeepOCSVM(M.DenseAE(8, [], 2), gamma=0.0), "gamma must be > 0"),
+    (lambda: M.build("transformer"), "name must be one of"),
+])
+def test_bad_constructor_arguments(build, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        build()
+
+
+# ---- denoising ----------------------------------------------------------------------------
+
+def test_denoising_noise_only_in_training():
+    base = M.DenseAE(144, [16], 4)
+    m = M.DenoisingAE(base, noise="gaussian", std=0.5)
+    x = _data(16)
+    m.eval()
+    torch.testing.assert_close(m.loss(x)["loss"], base.loss(x)["loss"])
+    torch.testing.assert_close(m.score(x), base.score(x))
+    m.train()
+    base.train()
+    assert not torch.allclose(m.loss(x)["loss"], base.loss(x)["loss"])
+
+
+def test_denoising_corruptions():
+    x = torch.rand(200, 50) * 0.5 + 0.25
+    mask = M.DenoisingAE(M.DenseAE(50, [], 2), noise="masking", p=0.3).corrupt(x)
+    frac = float((mask == 0).float().mean())
+    assert abs(frac - 0.3) < 0.03 and torch.equal(mask[mask != 0], x[mask != 0])
+    sp = M.DenoisingAE(M.DenseAE(50, [], 2), noise="salt_pepper", p=0.2, clip=(0.0, 1.0)).corrupt(x)
+    assert abs(float(((sp == 0) | (sp == 1)).float().mean()) - 0.2) < 0.03
+    g = M.DenoisingAE(M.DenseAE(50, [], 2), std=0.1, clip=(0.0, 1.0)).corrupt(x)
+    assert abs(float((g - x).std()) - 0.1) < 0.01 and g.min() >= 0 and g.max() <= 1
+
+
+# ---- contractive --------------------------------------------------------------------------
+
+def _fd_jacobian_norm(model, x, h=1e-6):
+    """‖∂h/∂x‖²_F per sample by central finite differences (float64)."""
+    out = torch.zeros(x.shape[0], dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(x.shape[1]):
+            e = torch.zeros_like(x)
+            e[:, i] = h
+            col = (model.encode(x + e) - model.encode(x - e)) / (2 * h)     # (B, d) = column i of J
+            out += col.square().sum(1)
+    return out
+
+
+@pytest.mark.parametrize("hidden, act, expect_closed", [([], "sigmoid", True), ([7], "tanh", False),
+                                                         ([5, 4], "elu", False)])
+def test_contractive_penalty_matches_finite_differences(hidden, act, expect_closed):
+    m = M.ContractiveAE(9, hidden, 4, activation=act).double()
+    assert m.closed_form is expect_closed
+    x = torch.randn(6, 9, dtype=torch.float64)
+    pen = m.jacobian_penalty(x)
+    torch.testing.assert_close(pen, _fd_jacobian_norm(m, x), rtol=1e-6, atol=1e-9)
+    # the closed form and the autograd Jacobian agree on the same weights
+    auto = M.ContractiveAE(9, hidden, 4, activation=act, jacobian="autograd").double()
+    auto.load_state_dict(m.state_dict())
+    assert not auto.closed_form
+    torch.testing.assert_close(auto.jacobian_penalty(x), pen, rtol=1e-10, atol=1e-12)
+
+
+class _Penalty(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m.jacobian_penalty(x)
+
+
+@pytest.mark.parametrize("hidden", [[], [7]])
+def test_contractive_penalty_gradient(hidden):
+    """The penalty is differentiable w.r.t. the encoder weights (closed form and double backward)."""
+    m = M.ContractiveAE(9, hidden, 4, activation="tanh" if hidden else "sigmoid").double()
+    x = torch.randn(5, 9, dtype=torch.float64)
+    names = [n for n, _ in m.named_parameters() if n.startswith("encoder")]
+    wrapper = _Penalty(m)
+    vals = tuple(dict(m.named_parameters())[n].detach().clone().requires_grad_(True) for n in names)
+
+    def f(*v):
+        return torch.func.functional_call(wrapper, {f"m.{n}": t for n, t in zip(names, v)}, (x,))
+
+    assert torch.autograd.gradcheck(f, vals)
+    out = m.loss(x)
+    assert float(out["contractive"]) > 0
+    torch.testing.assert_close(out["loss"].detach(), out["recon"] + m.lam * out["contractive"])
+
+
+# ---- VAE ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["dense", "conv"])
+def test_vae_kl_is_there_and_matches_closed_form(arch):
+    kw = dict(in_features=144, hidden=[16]) if arch == "dense" else dict(in_channels=1, channels=[4], input_shape=(12, 12))
+    m = M.VAE(arch, 5, beta=2.0, **kw)
+    x = _data(10)
+    mu, logvar = m.encode_dist(x)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    kl_ref = torch.distributions.kl_divergence(q, p).sum(1)
+    torch.manual_seed(3)
+    out = m.loss(x)
+    assert float(out["kl"]) > 0
+    torch.testing.assert_close(out["kl"], kl_ref.mean().detach())
+    torch.testing.assert_close(out["loss"], out["recon"] + 2.0 * out["kl"])
+    # score is the negative ELBO (β = 1) with the posterior mean decoded: recon(sum) + KL
+    m.eval()
+    s = m.score(x)
+    rec = (m.decode(mu).reshape(10, -1) - x.reshape(10, -1)).square().sum(1)
+    torch.testing.assert_close(s, (rec + kl_ref).detach())
+    torch.testing.assert_close(m.score(x), s)  # deterministic
+    mc = m.score(x, n_samples=4)
+    assert mc.shape == (10,) and (mc >= kl_ref.detach() - 1e-5).all()
+
+
+def test_vae_kl_trains_towards_prior_and_samples_in_training():
+    m = M.VAE("dense", 3, in_features=144, hidden=[16], beta=1.0)
+    x = _data(32)
+    m.train()
+    assert not torch.equal(m(x), m(x))          # reparameterized samples
+    m.eval()
+    assert torch.equal(m(x), m(x))
+    with torch.no_grad():
+        m.logvar_head.bias.fill_(2.0)           # far from the prior
+    kl0 = float(m.loss(x)["kl"])
+    _train(m, x, steps=30)
+    assert float(m.loss(x)["kl"]) < kl0
+
+
+# ---- Deep SVDD ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["lenet", "dense"])
+def test_deep_svdd_has_no_bias_at_all(arch):
+    shape = (1, 12, 12) if arch == "lenet" else (144,)
+    m = M.DeepSVDD(shape, arch=arch, channels=[4, 2], hidden=[16, 8], rep_dim=8)
+    names = [n for n, _ in m.named_parameters()]
+    assert names and not any("bias" in n for n in names)
+    for mod in m.modules():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
+            assert mod.bias is None
+        if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            assert not mod.affine
+    ae = m.pretrain_autoencoder()
+    assert not any("bias" in n for n, _ in ae.named_parameters())
+
+
+def test_deep_svdd_centre_not_collapsed():
+    m = M.DeepSVDD((1, 12, 12), channels=[4, 2], rep_dim=16, eps=0.1)
+    x = _data(40)
+    loader = [(x[i:i + 16], torch.zeros(len(x[i:i + 16]))) for i in range(0, 40, 16)]
+    c = m.init_center(loader)
+    m.eval()
+    with torch.no_grad():
+        mean = m(x).mean(0)
+    far = mean.abs() >= 0.1
+    torch.testing.assert_close(c[far], mean[far])
+    assert (c.abs() >= 0.1 - 1e-7).all()
+    assert torch.equal(c[~far], torch.where(mean[~far] < 0, -0.1, 0.1))
+    # training keeps φ away from a collapsed constant: distances shrink but stay positive
+    m.train()
+    _train(m, x, steps=20)
+    assert float(m.score(x).min()) > 0
+
+
+def test_deep_svdd_lazy_centre_warns():
+    m = M.DeepSVDD((144,), arch="dense", hidden=[8], rep_dim=4)
+    with pytest.warns(RuntimeWarning, match="centre"):
+        m.loss(_data(8))
+    assert bool(m.center_ready)
+    m2 = M.DeepSVDD((144,), arch="dense", hidden=[8], rep_dim=4)
+    m2.on_train_begin([_data(8)])
+    assert bool(m2.center_ready)
+
+
+def test_deep_svdd_soft_boundary_radius_is_the_quantile():
+    m = M.DeepSVDD((144,), arch="dense", hidden=[16], rep_dim=8, objective="soft-boundary", nu=0.2,
+                   warm_up_epochs=2, radius_every=2)
+    x = _data(50)
+    m.init_center(x)
+    m.on_epoch_end(0, [x])
+    assert float(m.R) == 0.0                       # still warming up
+    m.on_epoch_end(1, [x[:25], x[25:]])
+    m.eval()
+    with torch.no_grad():
+        d = (m(x) - m.c).square().sum(1).sqrt()
+    expect = torch.quantile(d.double(), 0.8)
+    assert float(m.R) > 0
+    assert math.isclose(float(m.R), float(expect), rel_tol=1e-5)
+    assert abs(float((d > m.R).float().mean()) - 0.2) <= 0.03
+    r = float(m.R)
+    with torch.no_grad():
+        m.net.fc.weight.mul_(2.0)
+    m.on_epoch_end(2, [x])                         # not an update epoch (every 2 after warm-up)
+    assert float(m.R) == r
+    m.on_epoch_end(3, [x])
+    m.eval()
+    with torch.no_grad():
+        d = (m(x) - m.c).square().sum(1).sqrt()
+    assert float(m.R) != r
+    assert math.isclose(float(m.R), float(torch.quantile(d.double(), 0.8)), rel_tol=1e-5)
+    # loss = R² + 1/ν · mean(max(0, d² − R²)); score = d² − R²
+    m.train()
+    assert float(m.loss(x)["radius"]) == float(m.R)
+
+
+def test_deep_svdd_soft_boundary_loss_formula():
+    m = M.DeepSVDD((144,), arch="dense", hidden=[16], rep_dim=8, objective="soft-boundary", nu=0.25).eval()
+    x = _data(20)
+    m.init_center(x)
+    m.R.fill_(0.3)
+    d2 = (m(x) - m.c).square().sum(1)
+    expect = 0.09 + torch.relu(d2 - 0.09).mean() / 0.25
+    torch.testing.assert_close(m.loss(x)["loss"], expect)
+    torch.testing.assert_close(m.score(x), d2.detach() - 0.09)
+
+
+def test_deep_svdd_pretraining_initialises_the_network():
+    m = M.DeepSVDD((1, 12, 12), channels=[4, 2], rep_dim=8)
+    ae = m.pretrain_autoencoder()
+    assert ae.net is m.net
+    before = m.net.fc.weight.detach().clone()
+    x = _data(32)
+    losses = _train(ae, x, steps=20)
+    assert losses[-1] < losses[0]
+    assert not torch.equal(before, m.net.fc.weight)            # trained in place
+    # a separately built (e.g. restored) autoencoder is copied in
+    ae2 = M.build("deep_svdd_ae", **ae.config)
+    m.load_pretrained(ae2)
+    assert torch.equal(m.net.fc.weight, ae2.net.fc.weight) and not bool(m.center_ready)
+    with pytest.raises(TypeError, match="ae must be"):
+        m.load_pretrained(M.DenseAE(144, [], 2))
+    with pytest.raises(TypeError, match="no decoder"):
+        m.decode(torch.zeros(2, 8))
+
+
+# ---- Deep OC-SVM --------------------------------------------------------------------------
+
+def test_rff_approximates_the_rbf_kernel():
+    m = M.DeepOCSVM(M.DenseAE(6, [], 3), gamma=0.7, n_features=8192, seed=1)
+    z = torch.randn(5, 3)
+    f = m.features(z)
+    k = torch.exp(-0.7 * torch.cdist(z, z).square())
+    assert (f @ f.T - k).abs().max() < 0.05
+    assert {n for n, _ in m.named_parameters()} >= {"w", "rho"}
+    assert "omega" in dict(m.named_buffers()) and "omega" not in dict(m.named_parameters())
+    m2 = M.DeepOCSVM(M.DenseAE(6, [], 3), gamma=0.7, n_features=8192, seed=1)
+    assert torch.equal(m.omega, m2.omega)                      # seeded
+
+
+@pytest.mark.parametrize("nu", [0.05, 0.2])
+def test_deep_ocsvm_uses_nu(nu):
+    torch.manual_seed(0)
+    x = torch.randn(300, 4)
+    x[:30] *= 3.0                                              # a few far-out points
+    m = M.DeepOCSVM(M.DenseAE(4, [], 2, activation="identity"), nu=nu, gamma=0.5, n_features=256,
+                    recon_weight=0.0)
+    _train(m, x, steps=600, lr=2e-2)
+    m.eval()
+    s = m.score(x)
+    outside = float((s > 0).float().mean())
+    assert abs(outside - nu) < 0.05, (nu, outside)
+    # the margin, not the reconstruction, ranks the points: far-out points score higher
+    assert float(s[:30].mean()) > float(s[30:].mean())
+    torch.testing.assert_close(s, -m.margin(x).detach())
+
+
+def test_deep_ocsvm_loss_is_the_primal_objective():
+    m = M.DeepOCSVM(M.DenseAE(4, [], 2), nu=0.3, n_features=32, recon_weight=0.5)
+    with torch.no_grad():
+        m.w.normal_()
+        m.rho.fill_(0.2)
+    x = torch.randn(20, 4)
+    f = m.features(m.encode(x))
+    svm = 0.5 * m.w.square().sum() + torch.relu(m.rho - f @ m.w).sum() / (0.3 * 20) - m.rho
+    out = m.loss(x)
+    torch.testing.assert_close(out["svm"], svm.detach())
+    torch.testing.assert_close(out["loss"], svm + 0.5 * out["recon"])
+    # detach_latent: the SVM term leaves the encoder alone
+    m2 = M.DeepOCSVM(M.DenseAE(4, [], 2), nu=0.3, n_features=32, recon_weight=0.0)
+    m2.loss(x)["loss"].backward()
+    assert all(p.grad is None for p in m2.base.parameters())
