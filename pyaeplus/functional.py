@@ -11,6 +11,137 @@ __all__: list[str] = []
 
 # ---- top-k sparse activation ------------------------------------------------------------
 
+from typing import NamedTuple as _NamedTuple  # noqa: E402
+
+import torch as _torch  # noqa: E402
+
+from . import _validate as _v  # noqa: E402
+from .ops import topk as _topk_ops  # noqa: E402,F401  (registers pyaeplus::topk_*)
+
+
+class TopKResult(_NamedTuple):
+    """Sparse top-k output: ``values`` (*, k) and int64 ``indices`` (*, k) into the last dim."""
+
+    values: _torch.Tensor
+    indices: _torch.Tensor
+
+
+class BatchTopKCOO(_NamedTuple):
+    """Sparse BatchTopK output in COO form, entries sorted by (row, column)."""
+
+    values: _torch.Tensor
+    rows: _torch.Tensor
+    cols: _torch.Tensor
+
+
+class BatchTopKCSR(_NamedTuple):
+    """Sparse BatchTopK output in CSR form: row r owns entries ``crow[r]:crow[r + 1]``."""
+
+    values: _torch.Tensor
+    crow: _torch.Tensor
+    cols: _torch.Tensor
+
+
+def _topk_eval_k(k: int, D: int, k_eval, alpha) -> int:
+    if k_eval is not None:
+        return _v.integer("k_eval", k_eval, lo=1, hi=D)
+    if alpha is not None:
+        return min(D, max(1, int(round(alpha * k))))
+    return k
+
+
+def topk_activation(x: _torch.Tensor, k: int, *, relu: bool = False, output: str = "dense", k_eval=None,
+                    alpha=None, training: bool = True, batch: bool = False, sparse_format: str = "coo"):
+    """Top-k sparse activation over the last dimension (k-sparse autoencoders).
+
+    Each row (the last dimension of ``x``) keeps its ``k`` largest entries. Ties are broken
+    deterministically: the lowest index wins at the k-th boundary, and sparse outputs list
+    values descending, equal values by ascending index. With ``relu=True`` the selection is
+    made on ``x`` and ReLU is applied to the selected values (OpenAI sparse_autoencoder
+    convention; the gradient is zero where the selected value is ``<= 0``). The gradient
+    flows to the selected entries only; the backward writes it in one pass.
+
+    NaN policy: with ``pyaeplus.config.check_finite`` on (default) a NaN/Inf in ``x`` raises
+    ValueError. With the check off (and under ``torch.compile``, which skips it) NaN counts as
+    larger than ``+inf``, as in ``torch.topk``, so NaN entries are selected first (lowest
+    index first); ``-0.0`` and ``+0.0`` tie.
+
+    Args:
+        x: (*, D) floating tensor (float32, float64, float16, bfloat16; any strides), at
+            least 1-d, not empty.
+        k: entries kept per row in training, an int in [1, D].
+        relu: apply ReLU to the kept values.
+        output: ``"dense"`` (same shape as ``x``, zeros elsewhere) or ``"sparse"``.
+        k_eval: k used when ``training=False`` (Makhzani & Frey keep more units at
+            inference), an int in [1, D]; takes precedence over ``alpha``.
+        alpha: when ``training=False`` and no ``k_eval``: keep ``round(alpha * k)`` entries,
+            clamped to [1, D]. A positive number.
+        training: use ``k`` (True) or the inference rule above (False).
+        batch: BatchTopK: keep the top ``k * B`` entries of the whole batch (``B`` = number of
+            rows, ``x`` viewed as (B, D)) instead of k per row, ties by ascending flat index;
+            rows get a variable number of entries.
+        sparse_format: for ``batch=True, output="sparse"``: ``"coo"`` or ``"csr"``.
+
+    Returns:
+        ``output="dense"``: a tensor shaped like ``x``.
+        ``output="sparse"``, per row: ``TopKResult(values (*, k), indices (*, k) int64)``.
+        ``output="sparse"``, ``batch=True``, entries sorted by (row, column), ``nnz = k * B``:
+        ``"coo"``: ``BatchTopKCOO(values (nnz,), rows (nnz,), cols (nnz,))``;
+        ``"csr"``: ``BatchTopKCSR(values (nnz,), crow (B + 1,), cols (nnz,))``; indices int64.
+        With ``relu=True`` the sparse outputs keep entries that ReLU set to 0.
+
+    Raises:
+        TypeError: ``x`` not a floating tensor, ``k``/``k_eval`` not an int, a flag not a bool.
+        ValueError: ``x`` 0-d or empty or not finite, ``k``/``k_eval`` outside [1, D],
+            ``alpha <= 0``, an unknown ``output``/``sparse_format``, ``x`` on an unsupported device.
+    """
+    _v.tensor("x", x, min_ndim=1)
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"x must be on a cpu or cuda device, got {x.device}")
+    D = x.shape[-1]
+    k = _v.integer("k", k, lo=1, hi=D)
+    for name, flag in (("relu", relu), ("training", training), ("batch", batch)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
+    _v.choice("output", output, ("dense", "sparse"))
+    _v.choice("sparse_format", sparse_format, ("coo", "csr"))
+    if alpha is not None:
+        alpha = _v.number("alpha", alpha, positive=True)
+    if k_eval is not None:
+        _v.integer("k_eval", k_eval, lo=1, hi=D)
+    _v.finite("x", x)
+    if not training:
+        k = _topk_eval_k(k, D, k_eval, alpha)
+
+    x2 = x.reshape(-1, D)
+    B = x2.shape[0]
+    if not batch:
+        if output == "dense":
+            y, _ = _torch.ops.pyaeplus.topk_dense(x2, k, relu)
+            return y.reshape(x.shape)
+        vals, idx = _torch.ops.pyaeplus.topk_sparse(x2, k, relu)
+        lead = tuple(x.shape[:-1])
+        return TopKResult(vals.reshape(lead + (k,)), idx.reshape(lead + (k,)))
+
+    # BatchTopK: the same kernels on the batch seen as one row of B * D entries (a global
+    # threshold; ties by flat index, which is row-major order).
+    flat = x2.reshape(1, B * D)
+    if output == "dense":
+        y, _ = _torch.ops.pyaeplus.topk_dense(flat, k * B, relu)
+        return y.reshape(x.shape)
+    vals, fidx = _torch.ops.pyaeplus.topk_sparse(flat, k * B, relu)
+    # Row-major order of the kept entries, as consumers of COO/CSR expect.
+    fidx, order = _torch.sort(fidx[0])
+    vals = vals[0].gather(0, order)
+    cols = fidx % D
+    if sparse_format == "coo":
+        return BatchTopKCOO(vals, _torch.div(fidx, D, rounding_mode="floor"), cols)
+    crow = _torch.searchsorted(fidx, _torch.arange(B + 1, device=x.device, dtype=_torch.int64) * D)
+    return BatchTopKCSR(vals, crow, cols)
+
+
+__all__ += ["topk_activation", "TopKResult", "BatchTopKCOO", "BatchTopKCSR"]
+
 # ---- sparse decoder ---------------------------------------------------------------------
 
 # ---- SSIM / MS-SSIM ---------------------------------------------------------------------

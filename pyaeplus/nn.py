@@ -7,6 +7,51 @@ __all__: list[str] = []
 
 # ---- top-k sparse activation ------------------------------------------------------------
 
+import torch as _torch  # noqa: E402
+
+from . import functional as _F  # noqa: E402
+
+
+class TopK(_torch.nn.Module):
+    """Top-k sparse activation over the last dimension; see ``pyaeplus.topk_activation``.
+
+    In training mode ``k`` entries are kept per row; in eval mode ``k_eval`` if given, else
+    ``round(alpha * k)`` if ``alpha`` is given, else ``k``.
+
+    Args:
+        k: entries kept per row in training (an int in [1, D]).
+        relu: apply ReLU to the kept values.
+        output: ``"dense"`` (shape of the input) or ``"sparse"`` (``TopKResult``).
+        k_eval: k at inference.
+        alpha: inference multiplier of k (Makhzani & Frey), used when ``k_eval`` is None.
+        batch: BatchTopK (top ``k * B`` entries of the whole batch).
+        sparse_format: ``"coo"`` or ``"csr"`` for ``batch=True, output="sparse"``.
+    """
+
+    def __init__(self, k: int, relu: bool = False, output: str = "dense", k_eval=None, alpha=None,
+                 batch: bool = False, sparse_format: str = "coo"):
+        super().__init__()
+        self.k, self.relu, self.output = k, relu, output
+        self.k_eval, self.alpha, self.batch, self.sparse_format = k_eval, alpha, batch, sparse_format
+
+    def forward(self, x: _torch.Tensor):
+        return _F.topk_activation(x, self.k, relu=self.relu, output=self.output, k_eval=self.k_eval,
+                                  alpha=self.alpha, training=self.training, batch=self.batch,
+                                  sparse_format=self.sparse_format)
+
+    def extra_repr(self) -> str:
+        s = f"k={self.k}, relu={self.relu}, output={self.output!r}"
+        if self.k_eval is not None:
+            s += f", k_eval={self.k_eval}"
+        if self.alpha is not None:
+            s += f", alpha={self.alpha}"
+        if self.batch:
+            s += f", batch=True, sparse_format={self.sparse_format!r}"
+        return s
+
+
+__all__ += ["TopK"]
+
 # ---- sparse decoder ---------------------------------------------------------------------
 
 # ---- SSIM / MS-SSIM ---------------------------------------------------------------------

@@ -1,0 +1,257 @@
+// Top-k sparse activation, CPU kernels (OpenMP over rows).
+//
+// Selection per row is a threshold-filtered scan: a candidate buffer holds the best k entries
+// seen so far plus newcomers; its k-th entry is the threshold. Blocks of 16 elements are
+// turned into order-preserving integer keys and compared against the threshold in one
+// vectorizable pass; only a block with an element above the threshold is looked at again.
+// For random data only about k*ln(D/k) elements ever enter the buffer, so the cost is one
+// streaming read of the row. The buffer is compacted (nth_element) when it fills up, which
+// keeps adversarial orders (ascending rows) linear in D too.
+//
+// Order: key descending, then index ascending (lowest index wins ties). Keys: -0.0 and +0.0
+// map to the same key, NaN (any sign/payload) to the largest key (torch.topk's convention).
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "common.h"
+#include "parallel.h"
+#include "registry.h"
+
+namespace py = pybind11;
+
+namespace pyaeplus {
+namespace {
+
+// Order-preserving signed integer key of a float (integer ops only, so that the filter loop
+// vectorizes): positive floats keep their bits, negative ones flip the magnitude bits.
+// -0.0 maps to +0.0's key; every NaN to the largest key.
+inline int32_t key_bits32(uint32_t u) {
+  u = (u == 0x80000000u) ? 0u : u;
+  const int32_t s = static_cast<int32_t>(u);
+  const int32_t k = s ^ ((s >> 31) & 0x7FFFFFFF);
+  return ((u & 0x7FFFFFFFu) > 0x7F800000u) ? INT32_MAX : k;
+}
+
+inline int64_t key_bits64(uint64_t u) {
+  u = (u == 0x8000000000000000ull) ? 0ull : u;
+  const int64_t s = static_cast<int64_t>(u);
+  const int64_t k = s ^ ((s >> 63) & INT64_MAX);
+  return ((u & 0x7FFFFFFFFFFFFFFFull) > 0x7FF0000000000000ull) ? INT64_MAX : k;
+}
+
+template <typename T>
+struct KeyType { using type = int32_t; };
+template <>
+struct KeyType<double> { using type = int64_t; };
+
+inline int32_t key_of(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return key_bits32(u);
+}
+inline int32_t key_of(bf16 v) { return key_bits32(static_cast<uint32_t>(v.bits) << 16); }
+inline int32_t key_of(fp16 v) { return key_of(to_float(v)); }
+inline int64_t key_of(double v) {
+  uint64_t u;
+  std::memcpy(&u, &v, 8);
+  return key_bits64(u);
+}
+
+template <typename K>
+struct Cand {
+  K key;
+  int64_t idx;
+};
+
+template <typename K>
+inline bool before(const Cand<K>& a, const Cand<K>& b) {
+  return a.key > b.key || (a.key == b.key && a.idx < b.idx);
+}
+
+constexpr int64_t kBlock = 32;
+
+// Select the top-k of one row (x: [D], unit stride) into buf[0..k) (unordered).
+template <typename T, typename K = typename KeyType<T>::type>
+void select_row(const T* x, int64_t D, int64_t k, std::vector<Cand<K>>& buf) {
+  buf.clear();
+  if (k >= D) {
+    for (int64_t i = 0; i < D; ++i) buf.push_back({key_of(x[i]), i});
+    return;
+  }
+  const size_t cap = static_cast<size_t>(2 * k + 256);
+  auto compact = [&]() -> K {
+    std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), before<K>);
+    // nth_element leaves the k best in [0, k) with the k-th at k-1.
+    buf.resize(static_cast<size_t>(k));
+    return buf[k - 1].key;
+  };
+  for (int64_t i = 0; i < k; ++i) buf.push_back({key_of(x[i]), i});
+  K thr = compact();
+  int64_t i = k;
+  for (; i + kBlock <= D; i += kBlock) {
+    // Vectorizable reduction: does any key of the block beat the threshold? A later element
+    // equal to the threshold loses the tie (higher index), hence the strict compare. The
+    // rare hit recomputes the block's keys.
+    int any = 0;
+    const T* xb = x + i;
+    for (int64_t j = 0; j < kBlock; ++j) any |= static_cast<int>(key_of(xb[j]) > thr);
+    if (!any) continue;
+    for (int64_t j = 0; j < kBlock; ++j) {
+      const K kk = key_of(xb[j]);
+      if (kk > thr) buf.push_back({kk, i + j});
+    }
+    if (buf.size() >= cap) thr = compact();
+  }
+  for (; i < D; ++i) {
+    const K kk = key_of(x[i]);
+    if (kk > thr) buf.push_back({kk, i});
+  }
+  if (buf.size() > static_cast<size_t>(k)) compact();
+}
+
+template <typename T>
+inline T apply_relu(T v, bool relu) {
+  if (!relu) return v;
+  const auto f = to_float(v);
+  return f > 0.0f ? v : from_float<T>(0.0f);
+}
+template <>
+inline double apply_relu<double>(double v, bool relu) { return (relu && !(v > 0.0)) ? 0.0 : v; }
+
+// x: [B, D] (row stride sx0, unit element stride).
+// Sparse mode (y == nullptr): vals [B, k], idx [B, k] contiguous, sorted (value desc, index asc).
+// Dense mode: y [B, D] contiguous with the selected values and zeros; idx [B, k] (any order);
+// vals unused.
+template <typename T>
+void topk_forward_impl(const T* x, int64_t B, int64_t D, int64_t sx0, int64_t k, bool relu, T* vals,
+                       int64_t* idx, T* y) {
+  using K = typename KeyType<T>::type;
+  // Rows are independent; a grain of a few rows amortizes the thread start for small D.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+  parallel_for(B, grain, [&](int64_t b0, int64_t b1) {
+    std::vector<Cand<K>> buf;
+    buf.reserve(static_cast<size_t>(std::min<int64_t>(D, 2 * k + 256 + kBlock)));
+    for (int64_t r = b0; r < b1; ++r) {
+      const T* xr = x + r * sx0;
+      select_row<T>(xr, D, k, buf);
+      int64_t* ir = idx + r * k;
+      if (y == nullptr) {
+        std::sort(buf.begin(), buf.end(), before<K>);
+        T* vr = vals + r * k;
+        for (int64_t j = 0; j < k; ++j) {
+          ir[j] = buf[j].idx;
+          vr[j] = apply_relu(xr[buf[j].idx], relu);
+        }
+      } else {
+        // One pass over the output row: zeros, then the k values (still in cache).
+        T* yr = y + r * D;
+        std::memset(static_cast<void*>(yr), 0, static_cast<size_t>(D) * sizeof(T));
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t c = buf[j].idx;
+          ir[j] = c;
+          yr[c] = apply_relu(xr[c], relu);
+        }
+      }
+    }
+  });
+}
+
+// grad: [B, G] (row stride sg0), G = k (gather == false: grad_values) or D (gather == true:
+// grad_y, read at the selected columns). mask: like grad (row stride sm0) or null; the
+// gradient passes where mask > 0 (ReLU). idx: [B, k] contiguous. out: [B, D] contiguous.
+// Returns false if an index is out of [0, D).
+template <typename T>
+bool topk_backward_impl(const T* grad, int64_t sg0, bool gather, const T* mask, int64_t sm0,
+                        const int64_t* idx, int64_t B, int64_t k, int64_t D, T* out) {
+  std::atomic<bool> ok{true};
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+  parallel_for(B, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t r = b0; r < b1; ++r) {
+      T* o = out + r * D;
+      // Zero-fill and the k writes in the same pass over the row.
+      std::memset(static_cast<void*>(o), 0, static_cast<size_t>(D) * sizeof(T));
+      const int64_t* ir = idx + r * k;
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t c = ir[j];
+        if (c < 0 || c >= D) {
+          ok.store(false, std::memory_order_relaxed);
+          continue;
+        }
+        const int64_t src = gather ? c : j;
+        T g = grad[r * sg0 + src];
+        if (mask != nullptr && !(to_float(mask[r * sm0 + src]) > 0.0f)) g = from_float<T>(0.0f);
+        o[c] = g;
+      }
+    }
+  });
+  return ok.load();
+}
+
+// float64 masks compare in double (a tiny positive double must not round to 0 in float).
+template <>
+bool topk_backward_impl<double>(const double* grad, int64_t sg0, bool gather, const double* mask, int64_t sm0,
+                                const int64_t* idx, int64_t B, int64_t k, int64_t D, double* out) {
+  std::atomic<bool> ok{true};
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+  parallel_for(B, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t r = b0; r < b1; ++r) {
+      double* o = out + r * D;
+      std::memset(static_cast<void*>(o), 0, static_cast<size_t>(D) * sizeof(double));
+      const int64_t* ir = idx + r * k;
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t c = ir[j];
+        if (c < 0 || c >= D) {
+          ok.store(false, std::memory_order_relaxed);
+          continue;
+        }
+        const int64_t src = gather ? c : j;
+        double g = grad[r * sg0 + src];
+        if (mask != nullptr && !(mask[r * sm0 + src] > 0.0)) g = 0.0;
+        o[c] = g;
+      }
+    }
+  });
+  return ok.load();
+}
+
+void topk_forward(uintptr_t x, int64_t B, int64_t D, int64_t sx0, int64_t k, bool relu, int dtype, uintptr_t vals,
+                  uintptr_t idx, uintptr_t y) {
+  PYAEPLUS_CHECK(B >= 0 && D >= 1 && k >= 1 && k <= D, "topk_forward: need D >= 1 and 1 <= k <= D");
+  PYAEPLUS_CHECK(x != 0 && idx != 0 && (vals != 0 || y != 0), "topk_forward: null pointer");
+  PYAEPLUS_DISPATCH_FLOATING(dtype, "topk_forward", [&] {
+    topk_forward_impl<scalar_t>(as_ptr<const scalar_t>(x), B, D, sx0, k, relu, as_ptr<scalar_t>(vals),
+                                as_ptr<int64_t>(idx), as_ptr<scalar_t>(y));
+  });
+}
+
+void topk_backward(uintptr_t grad, int64_t sg0, bool gather, uintptr_t mask, int64_t sm0, uintptr_t idx, int64_t B,
+                   int64_t k, int64_t D, int dtype, uintptr_t out) {
+  PYAEPLUS_CHECK(B >= 0 && D >= 1 && k >= 0 && k <= D, "topk_backward: need D >= 1 and 0 <= k <= D");
+  PYAEPLUS_CHECK(grad != 0 && idx != 0 && out != 0, "topk_backward: null pointer");
+  const bool ok = PYAEPLUS_DISPATCH_FLOATING(dtype, "topk_backward", [&] {
+    return topk_backward_impl<scalar_t>(as_ptr<const scalar_t>(grad), sg0, gather, as_ptr<const scalar_t>(mask), sm0,
+                                        as_ptr<const int64_t>(idx), B, k, D, as_ptr<scalar_t>(out));
+  });
+  PYAEPLUS_CHECK(ok, "topk_backward: an index is outside [0, D)");
+}
+
+void bind_topk(py::module_& m) {
+  m.def("topk_forward", &topk_forward, py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("B"),
+        py::arg("D"), py::arg("sx0"), py::arg("k"), py::arg("relu"), py::arg("dtype"), py::arg("vals"),
+        py::arg("idx"), py::arg("y"),
+        "Per-row top-k of x [B, D] (row stride sx0, unit element stride). y == 0: sorted "
+        "(values [B, k], indices [B, k]); else dense y [B, D] and unordered indices.");
+  m.def("topk_backward", &topk_backward, py::call_guard<py::gil_scoped_release>(), py::arg("grad"), py::arg("sg0"),
+        py::arg("gather"), py::arg("mask"), py::arg("sm0"), py::arg("idx"), py::arg("B"), py::arg("k"), py::arg("D"),
+        py::arg("dtype"), py::arg("out"),
+        "grad_x [B, D]: zeros except the k selected columns per row, from grad [B, k] or, with "
+        "gather, grad [B, D] read at the indices; masked by mask > 0 when mask != 0.");
+}
+
+}  // namespace
+PYAEPLUS_REGISTER(topk, bind_topk);
+}  // namespace pyaeplus
