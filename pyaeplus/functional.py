@@ -144,6 +144,74 @@ __all__ += ["topk_activation", "TopKResult", "BatchTopKCOO", "BatchTopKCSR"]
 
 # ---- sparse decoder ---------------------------------------------------------------------
 
+import torch as _torch_sd  # noqa: E402
+
+from . import _validate as _v_sd  # noqa: E402
+from .ops import sparse_decode as _ops_sparse_decode  # noqa: E402,F401  (registers pyaeplus::sparse_decode)
+
+__all__ += ["sparse_decode"]
+
+
+def sparse_decode(values: _torch_sd.Tensor, indices: _torch_sd.Tensor, weight: _torch_sd.Tensor,
+                  bias: _torch_sd.Tensor | None = None) -> _torch_sd.Tensor:
+    """Decode sparse codes: ``out[..., :] = sum_j values[..., j] * weight[indices[..., j], :] + bias``.
+
+    The fused gather-matmul of a top-k sparse autoencoder's decoder: the codes stay sparse
+    (never a dense (B, D) tensor). Duplicate indices within a row add up. Accumulation is in
+    float32 (float64 for float64 inputs). The gradient for ``weight`` is deterministic on every
+    backend (a reverse index summed in a fixed order, no floating-point atomics); gradients flow
+    to ``values``, ``weight`` and ``bias``.
+
+    Args:
+        values: (..., k) float32/float16/bfloat16/float64 code values, e.g. the ``values`` of
+            ``pyaeplus.topk_activation(x, k, output="sparse")``. Leading dimensions are flattened
+            and restored.
+        indices: (..., k) int64 or int32 latent indices in ``[0, D)``, same shape as ``values``.
+        weight: (D, d_out) decoder matrix, same dtype and device as ``values`` (the transpose of
+            an ``nn.Linear(D, d_out)`` weight; row ``i`` is latent ``i``'s decoder direction).
+        bias: optional (d_out,) bias, same dtype and device.
+
+    Returns:
+        (..., d_out) tensor in ``values``' dtype.
+
+    Raises:
+        TypeError: an argument is not a tensor or has the wrong dtype.
+        ValueError: shapes disagree, devices differ, an index is outside ``[0, D)``, an input is
+            empty, or (with ``pyaeplus.config.check_finite``) contains NaN/Inf. The index-range
+            and finite checks are skipped while ``torch.compile`` traces; the kernels then
+            bounds-check (CPU: raise) or mask (GPU: an out-of-range index contributes zero).
+    """
+    values = _v_sd.tensor("values", values, min_ndim=1)
+    indices = _v_sd.tensor("indices", indices, min_ndim=1, dtypes=(_torch_sd.int64, _torch_sd.int32))
+    weight = _v_sd.tensor("weight", weight, ndim=2)
+    if bias is not None:
+        bias = _v_sd.tensor("bias", bias, ndim=1)
+    if weight.dtype != values.dtype:
+        raise TypeError(f"weight must have the dtype of values ({values.dtype}), got {weight.dtype}")
+    if bias is not None and bias.dtype != values.dtype:
+        raise TypeError(f"bias must have the dtype of values ({values.dtype}), got {bias.dtype}")
+    if indices.shape != values.shape:
+        raise ValueError(f"indices must have the shape of values {tuple(values.shape)}, got {tuple(indices.shape)}")
+    D, d_out = weight.shape
+    if bias is not None and bias.shape[0] != d_out:
+        raise ValueError(f"bias must have shape ({d_out},) to match weight {tuple(weight.shape)}, "
+                         f"got {tuple(bias.shape)}")
+    _v_sd.same_device(values=values, indices=indices, weight=weight, bias=bias)
+    _v_sd.finite("values", values)
+    _v_sd.finite("weight", weight)
+    if bias is not None:
+        _v_sd.finite("bias", bias)
+    if not _v_sd._compiling():
+        lo, hi = _torch_sd.aminmax(indices)
+        lo, hi = int(lo), int(hi)
+        if lo < 0 or hi >= D:
+            raise ValueError(f"indices must lie in [0, {D}) (weight has {D} rows), got values in [{lo}, {hi}]")
+    k = values.shape[-1]
+    lead = values.shape[:-1]
+    out = _torch_sd.ops.pyaeplus.sparse_decode(values.reshape(-1, k), indices.reshape(-1, k), weight, bias)
+    return out.reshape(*lead, d_out)
+
+
 # ---- SSIM / MS-SSIM ---------------------------------------------------------------------
 
 # ---- graph-Laplacian regularization ------------------------------------------------------

@@ -54,6 +54,68 @@ __all__ += ["TopK"]
 
 # ---- sparse decoder ---------------------------------------------------------------------
 
+import math as _math_sd  # noqa: E402
+
+import torch as _torch_sd  # noqa: E402
+
+from . import functional as _F_sd  # noqa: E402
+
+__all__ += ["SparseDecoder"]
+
+
+class SparseDecoder(_torch_sd.nn.Module):
+    """Decoder of a top-k sparse autoencoder: ``pyaeplus.sparse_decode(values, indices, weight, bias)``.
+
+    ``weight`` is (num_latents, out_features): row ``i`` is latent ``i``'s decoder direction,
+    i.e. the transpose of ``nn.Linear(num_latents, out_features).weight``, and it is initialized
+    like that Linear (uniform in ``±1/sqrt(num_latents)``, bias too). To tie it to an encoder
+    ``nn.Linear(out_features, num_latents)``, copy that encoder's weight (already (num_latents,
+    out_features)).
+
+    Args:
+        num_latents: D, the number of latents (rows of ``weight``).
+        out_features: d_out, the output width.
+        bias: learn an additive (out_features,) bias.
+
+    Shape:
+        forward(values, indices): values/indices (..., k) -> (..., out_features); or
+        forward(codes) with ``codes`` a ``(values, indices)`` pair such as the result of
+        ``pyaeplus.topk_activation(x, k, output="sparse")``.
+    """
+
+    def __init__(self, num_latents: int, out_features: int, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.num_latents = int(num_latents)
+        self.out_features = int(out_features)
+        if self.num_latents < 1 or self.out_features < 1:
+            raise ValueError(f"num_latents and out_features must be >= 1, got {num_latents}, {out_features}")
+        kw = {"device": device, "dtype": dtype}
+        self.weight = _torch_sd.nn.Parameter(_torch_sd.empty(self.num_latents, self.out_features, **kw))
+        if bias:
+            self.bias = _torch_sd.nn.Parameter(_torch_sd.empty(self.out_features, **kw))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear(num_latents, out_features): kaiming_uniform(a=sqrt(5)) -> U(±1/sqrt(fan_in)).
+        bound = 1.0 / _math_sd.sqrt(self.num_latents)
+        _torch_sd.nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            _torch_sd.nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, values, indices=None):
+        if indices is None:
+            if not isinstance(values, (tuple, list)) or len(values) != 2:
+                raise TypeError("SparseDecoder.forward takes (values, indices) or one (values, indices) pair, "
+                                f"got {type(values).__name__}")
+            values, indices = values
+        return _F_sd.sparse_decode(values, indices, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"num_latents={self.num_latents}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
 # ---- SSIM / MS-SSIM ---------------------------------------------------------------------
 
 # ---- graph-Laplacian regularization ------------------------------------------------------
