@@ -1,0 +1,570 @@
+"""One small training loop for every model of the zoo.
+
+``fit`` calls ``model.loss(batch)`` (a dict of named terms, the total under ``"loss"``), backprops
+the total, and takes care of the rest: seeded data order, AMP on CUDA, progress with the loss
+terms, TensorBoard, validation and early stopping, atomic safetensors checkpoints with bit-exact
+resume, and DistributedDataParallel when launched by ``torchrun``.
+
+Models may define the hooks ``on_train_begin(loader)`` (before the first step of a run that has
+epochs left; Deep SVDD sets its centre) and ``on_epoch_end(epoch, loader)`` (after each training
+epoch, ``epoch`` from 0; Deep SVDD's radius update). ``loader`` iterates the training set in batches
+of ``batch_size`` (unshuffled, this rank's shard, on the CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import pathlib
+import random
+import shutil
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils.collate import default_collate
+
+from . import checkpoint as ckpt
+from ._validate import choice, integer, number
+from .data.base import as_dataset
+
+__all__ = ["fit", "FitResult", "OPTIMIZERS"]
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": lambda params, lr, **kw: torch.optim.SGD(params, lr=lr, **{"momentum": 0.9, **kw}),
+    "rmsprop": torch.optim.RMSprop,
+}
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What ``fit`` returns.
+
+    Attributes:
+        model: the trained model (best validation weights when early stopping restored them).
+        history: one dict per epoch: ``{"epoch", "step", "train": {term: mean}, "val": {term: mean} | None}``.
+        best_epoch: epoch (0-based) of the lowest validation loss, or None without validation.
+        best_val_loss: that loss, or None.
+        stopped_early: True when early stopping ended the run before ``epochs``.
+        checkpoint: the last checkpoint folder written, or None.
+    """
+
+    model: nn.Module
+    history: list[dict[str, Any]]
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+    stopped_early: bool = False
+    checkpoint: pathlib.Path | None = None
+
+
+# ---- batches -------------------------------------------------------------------------------
+
+class _Batches(Dataset):
+    """Item i is batch i, already collated: the DataLoader runs with ``batch_size=None`` so that
+    worker processes (``num_workers``) fetch whole batches, through ``get_batch`` when the
+    dataset has one."""
+
+    def __init__(self, dataset, batches: list[torch.Tensor]):
+        self.dataset, self.batches = dataset, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        idx = self.batches[i]
+        if hasattr(self.dataset, "get_batch"):
+            return self.dataset.get_batch(idx)
+        return default_collate([self.dataset[int(j)] for j in idx])
+
+
+def _loader(dataset, batches, num_workers: int, pin: bool) -> DataLoader:
+    return DataLoader(_Batches(dataset, batches), batch_size=None, shuffle=False, num_workers=num_workers,
+                      pin_memory=pin, persistent_workers=False,
+                      generator=torch.Generator())  # own generator: the loader never draws from the global RNG
+
+
+def _to(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _first(batch) -> torch.Tensor:
+    if isinstance(batch, (list, tuple)):
+        return batch[0]
+    if isinstance(batch, dict):
+        return next(iter(batch.values()))
+    return batch
+
+
+def _epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    # The order depends on (seed, epoch) only, not on RNG state: a resumed run sees the same batches.
+    if not shuffle:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
+    return torch.randperm(n, generator=g)
+
+
+def _global_batches(n, batch_size, seed, epoch, shuffle, drop_last, batch_sampler) -> list[torch.Tensor]:
+    if batch_sampler is not None:
+        if hasattr(batch_sampler, "set_epoch"):
+            batch_sampler.set_epoch(epoch)
+        return [torch.as_tensor(list(b) if not isinstance(b, torch.Tensor) else b, dtype=torch.int64)
+                for b in batch_sampler]
+    order = _epoch_order(n, seed, epoch, shuffle)
+    out = list(order.split(batch_size))
+    if drop_last and out and out[-1].numel() < batch_size:
+        out.pop()
+    return out
+
+
+def _shard(batches: list[torch.Tensor], rank: int, world: int) -> list[tuple[torch.Tensor, int]]:
+    """This rank's part of each global batch, with the global batch size (for loss rescaling).
+    Global batches smaller than ``world`` are dropped (some rank would have nothing to do)."""
+    out = []
+    for b in batches:
+        if b.numel() < world:
+            continue
+        out.append((torch.tensor_split(b, world)[rank], b.numel()))
+    return out
+
+
+# ---- model wrapper -------------------------------------------------------------------------
+
+class _LossModule(nn.Module):
+    """``forward(batch) -> dict of terms``: DDP must see the loss computation as the wrapped
+    module's forward to synchronise gradients."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable | None):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch):
+        out = self.loss_fn(self.model, batch) if self.loss_fn is not None else self.model.loss(batch)
+        if isinstance(out, torch.Tensor):
+            out = {"loss": out}
+        if not isinstance(out, dict) or "loss" not in out:
+            raise TypeError("the loss must return a tensor or a dict of tensors with the total under 'loss', got "
+                            f"{type(out).__name__}{' with keys ' + str(list(out)) if isinstance(out, dict) else ''}")
+        return out
+
+
+def _mse_loss(model: nn.Module, batch) -> dict[str, torch.Tensor]:
+    x = _first(batch)
+    r = nn.functional.mse_loss(model(x).float(), x.float())
+    return {"loss": r, "recon": r.detach()}
+
+
+# ---- distributed ---------------------------------------------------------------------------
+
+def _dist_setup(device: str | torch.device) -> tuple[int, int, bool]:
+    """(rank, world, we_initialized). Under torchrun (WORLD_SIZE > 1) the process group is
+    initialized here unless the caller did (NCCL for CUDA, gloo for CPU)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and "RANK" in os.environ and dist.is_available():
+        cuda = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        dist.init_process_group("nccl" if cuda else "gloo")
+        return dist.get_rank(), dist.get_world_size(), True
+    return 0, 1, False
+
+
+def _resolve_device(device, world: int) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else torch.cuda.current_device())
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'auto' or a torch device, got {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device is {device!r} but CUDA is not available here")
+    return dev
+
+
+def _allreduce_terms(sums: dict[str, float], count: float, world: int) -> dict[str, float]:
+    keys = sorted(sums)
+    if world > 1:
+        t = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64)
+        dist.all_reduce(t)
+        vals, count = t[:-1].tolist(), float(t[-1])
+    else:
+        vals = [sums[k] for k in keys]
+    return {k: v / max(count, 1.0) for k, v in zip(keys, vals)}
+
+
+def _amp_dtype(amp, device: torch.device) -> torch.dtype | None:
+    if amp is False or amp is None:
+        return None
+    if amp is True:
+        # CPU autocast (bfloat16) is slower than float32 on most CPUs and loses precision: off there.
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}[amp]
+
+
+# ---- fit -----------------------------------------------------------------------------------
+
+def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
+        optimizer: str = "adam", optimizer_kwargs: dict | None = None, weight_decay: float = 0.0,
+        loss: Callable | None = None, val_data=None, amp: bool | str = True, device: str | torch.device = "auto",
+        seed: int = 0, checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
+        log_dir: str | os.PathLike | None = None, progress: bool = True, patience: int | None = None,
+        min_delta: float = 0.0, restore_best: bool = True, batch_sampler=None, shuffle: bool = True,
+        drop_last: bool = False, num_workers: int = 0, grad_clip: float | None = None,
+        keep_checkpoints: int = 2, on_step: Callable[[int, dict[str, float]], None] | None = None,
+        ) -> FitResult:
+    """Train ``model`` on ``train_data``.
+
+    Args:
+        model: an ``nn.Module`` with ``loss(batch) -> dict`` (total under ``"loss"``), or any module
+            whose ``forward(x)`` reconstructs ``x`` (MSE is used then), or pass ``loss``.
+        train_data: a Dataset (items ``x`` or ``(x, y)`` / ``(x, idx)``; ``get_batch`` used when present)
+            or a float tensor/array of samples (N, ...).
+        epochs: total number of epochs (a resumed run continues up to this number).
+        batch_size: global batch size (split across ranks under ``torchrun``; must divide by the world size).
+        lr: learning rate.
+        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9) or ``"rmsprop"``.
+        optimizer_kwargs: extra optimizer arguments (betas, momentum ...).
+        weight_decay: passed to the optimizer.
+        loss: optional ``loss(model, batch) -> dict | Tensor`` replacing ``model.loss``.
+        val_data: validation data (same forms as ``train_data``): its mean ``"loss"`` drives early
+            stopping and the ``BEST`` checkpoint.
+        amp: mixed precision. True: bfloat16 autocast on CUDA (float16 + GradScaler where bf16 is not
+            supported), off on CPU; ``"bf16"``/``"fp16"`` force one; False off.
+        device: ``"auto"`` (CUDA when present; ``LOCAL_RANK`` under torchrun), or a device.
+        seed: seeds torch/numpy/random (rank-offset under DDP) and the per-epoch data order.
+        checkpoint_dir: folder for checkpoints (``epoch-NNNN/`` each epoch, ``LATEST``/``BEST`` pointers).
+        resume: continue from ``checkpoint_dir``'s LATEST checkpoint when there is one (weights,
+            optimizer, scaler, RNG states, data position, history, early-stopping state): the result
+            is bit-identical to an uninterrupted run.
+        log_dir: TensorBoard folder (scalars per epoch and step, reconstruction images); needs the
+            ``tensorboard`` package (checked before training starts).
+        progress: tqdm bar with the running loss terms (rank 0 only).
+        patience: stop after this many epochs without a validation improvement > ``min_delta``
+            (None: never stop early; needs ``val_data``).
+        min_delta: minimum decrease of the validation loss that counts as an improvement.
+        restore_best: at the end of a run with validation, load the best epoch's weights.
+        batch_sampler: a sampler yielding lists of indices per batch (e.g.
+            ``pyaeplus.graph.NeighborBatchSampler``); its ``set_epoch`` is called each epoch.
+            Replaces ``batch_size``/``shuffle`` for training.
+        shuffle: shuffle the training set each epoch (seeded by ``seed`` and the epoch).
+        drop_last: drop the last incomplete batch.
+        num_workers: DataLoader worker processes fetching whole batches.
+        grad_clip: clip the global gradient norm to this value.
+        keep_checkpoints: how many ``epoch-NNNN`` folders to keep (the BEST one is always kept).
+        on_step: ``on_step(step, terms)`` after each optimizer step (rank 0 and others alike).
+
+    Returns:
+        FitResult (model, per-epoch history, best epoch/loss, whether it stopped early, last checkpoint).
+
+    Raises:
+        ValueError / TypeError: bad arguments (named); ModuleNotFoundError: ``log_dir`` without tensorboard;
+        FloatingPointError: the loss became NaN/Inf (epoch and step named).
+    """
+    # ---- arguments (all checked before anything runs) ----
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if loss is None and not hasattr(model, "loss"):
+        loss = _mse_loss
+    if loss is not None and not callable(loss):
+        raise TypeError(f"loss must be callable(model, batch), got {type(loss).__name__}")
+    epochs = integer("epochs", epochs, lo=1)
+    batch_size = integer("batch_size", batch_size, lo=1)
+    lr = number("lr", lr, positive=True)
+    weight_decay = number("weight_decay", weight_decay, nonnegative=True)
+    choice("optimizer", optimizer, OPTIMIZERS)
+    seed = integer("seed", seed, lo=0)
+    num_workers = integer("num_workers", num_workers, lo=0)
+    keep_checkpoints = integer("keep_checkpoints", keep_checkpoints, lo=1)
+    if amp not in (True, False, None, "bf16", "bfloat16", "fp16", "float16"):
+        raise ValueError(f"amp must be True, False, 'bf16' or 'fp16', got {amp!r}")
+    if patience is not None:
+        patience = integer("patience", patience, lo=1)
+        if val_data is None:
+            raise ValueError("patience (early stopping) needs val_data")
+    min_delta = number("min_delta", min_delta, nonnegative=True)
+    if grad_clip is not None:
+        grad_clip = number("grad_clip", grad_clip, positive=True)
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
+    train_ds = as_dataset(train_data)
+    val_ds = as_dataset(val_data) if val_data is not None else None
+    n_train = len(train_ds)
+    if n_train == 0:
+        raise ValueError("train_data is empty")
+    if val_ds is not None and len(val_ds) == 0:
+        raise ValueError("val_data is empty")
+
+    writer_cls = None
+    if log_dir is not None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter as writer_cls
+        except ImportError as e:
+            raise ModuleNotFoundError(
+                "log_dir needs TensorBoard: pip install tensorboard (or pass log_dir=None)") from e
+
+    rank, world, own_pg = _dist_setup(device)
+    try:
+        dev = _resolve_device(device, world)
+        if world > 1 and batch_sampler is None and batch_size % world:
+            raise ValueError(f"batch_size ({batch_size}) must be divisible by the world size ({world})")
+        return _fit(model, train_ds, val_ds, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                    optimizer_kwargs=dict(optimizer_kwargs or {}), weight_decay=weight_decay, loss=loss,
+                    amp_dtype=_amp_dtype(amp, dev), device=dev, seed=seed, rank=rank, world=world,
+                    checkpoint_dir=None if checkpoint_dir is None else pathlib.Path(checkpoint_dir),
+                    resume=resume, writer_cls=writer_cls, log_dir=log_dir, progress=progress, patience=patience,
+                    min_delta=min_delta, restore_best=restore_best, batch_sampler=batch_sampler,
+                    shuffle=shuffle, drop_last=drop_last, num_workers=num_workers, grad_clip=grad_clip,
+                    keep_checkpoints=keep_checkpoints, on_step=on_step)
+    finally:
+        if own_pg:
+            dist.destroy_process_group()
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    random.seed(seed)
+
+
+def _gather_rng(world: int) -> list[dict[str, torch.Tensor]]:
+    mine = ckpt.rng_state()
+    if world == 1:
+        return [mine]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimizer_kwargs, weight_decay, loss,
+         amp_dtype, device, seed, rank, world, checkpoint_dir, resume, writer_cls, log_dir, progress, patience,
+         min_delta, restore_best, batch_sampler, shuffle, drop_last, num_workers, grad_clip, keep_checkpoints,
+         on_step) -> FitResult:
+    from tqdm.auto import tqdm
+
+    model.to(device)
+    opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay, **optimizer_kwargs)
+    use_scaler = amp_dtype == torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler) if use_scaler else None
+    _seed_all(seed + rank)
+
+    start_epoch, step, history = 0, 0, []
+    best_val, best_epoch, bad_epochs = math.inf, None, 0
+    if resume and checkpoint_dir is not None and ckpt.latest_checkpoint(checkpoint_dir) is not None:
+        cfg = ckpt.load_checkpoint(checkpoint_dir, model, optimizer=opt, scaler=scaler, rank=rank)
+        tr = cfg["training"]
+        if tr["world_size"] != world:
+            raise ValueError(f"the checkpoint was written by {tr['world_size']} process(es); resuming with {world} "
+                             "would change the data order and RNG streams")
+        start_epoch, step, history = tr["epoch"] + 1, tr["step"], tr["history"]
+        best_val = math.inf if tr["best_val_loss"] is None else tr["best_val_loss"]
+        best_epoch, bad_epochs = tr["best_epoch"], tr["bad_epochs"]
+        if tr.get("stopped_early"):
+            start_epoch = epochs  # the run had ended by early stopping: nothing left to do
+
+    net: nn.Module = _LossModule(model, loss)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    writer = writer_cls(log_dir=str(log_dir)) if writer_cls is not None and rank == 0 else None
+    pin = device.type == "cuda"
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else contextlib.nullcontext
+    best_state = None
+    if restore_best and val_ds is not None and checkpoint_dir is not None and best_epoch is not None:
+        bp = ckpt.best_checkpoint(checkpoint_dir)
+        if bp is not None:  # a resumed run keeps the best weights it had found before
+            tmp = {k: v.clone() for k, v in model.state_dict().items()}
+            ckpt.load_checkpoint(bp, model)
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(tmp)
+
+    def hook_loader():
+        local = torch.tensor_split(torch.arange(len(train_ds)), world)[rank]
+        return _loader(train_ds, list(local.split(batch_size)), num_workers, pin)
+
+    begin = getattr(model, "on_train_begin", None)
+    if callable(begin) and start_epoch < epochs:
+        begin(hook_loader())  # models guard against re-initialising (Deep SVDD keeps a set centre)
+
+    last_ckpt = ckpt.latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    stopped_early = False
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        batches = _shard(_global_batches(len(train_ds), batch_size, seed, epoch, shuffle, drop_last, batch_sampler),
+                         rank, world)
+        loader = _loader(train_ds, [b for b, _ in batches], num_workers, pin)
+        sums: dict[str, float] = {}
+        count = 0.0
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or rank != 0,
+                   leave=False, dynamic_ncols=True)
+        for (idx, n_global), batch in zip(batches, loader):
+            batch = _to(batch, device)
+            n_local = idx.numel()
+            with autocast():
+                terms = net(batch)
+            total = terms["loss"]
+            if not bool(torch.isfinite(total.detach()).all()):
+                raise FloatingPointError(f"the loss is {total.item()} at epoch {epoch}, step {step}; lower lr, "
+                                         "enable grad_clip or check the data for NaN")
+            # DDP averages gradients over ranks; weighting each rank's mean by its share of the
+            # global batch makes that average the global batch mean even when shards differ in size.
+            scaled = total.float() * (world * n_local / n_global) if world > 1 else total.float()
+            if scaler is not None:
+                scaler.scale(scaled).backward()
+                if grad_clip is not None:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                scaled.backward()
+                if grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            vals = {k: float(v.detach().float().mean()) for k, v in terms.items() if isinstance(v, torch.Tensor)}
+            for k, v in vals.items():
+                sums[k] = sums.get(k, 0.0) + v * n_local
+            count += n_local
+            if writer is not None:
+                for k, v in vals.items():
+                    writer.add_scalar(f"step/{k}", v, step)
+            if on_step is not None:
+                on_step(step, vals)
+            bar.update(1)
+            if bar.n % 5 == 0 or bar.n == len(batches):
+                bar.set_postfix({k: f"{sums[k] / count:.4g}" for k in sorted(sums)}, refresh=False)
+        bar.close()
+        train_terms = _allreduce_terms(sums, count, world)
+
+        hook = getattr(model, "on_epoch_end", None)
+        if callable(hook):
+            hook(epoch, hook_loader())
+
+        val_terms = None
+        if val_ds is not None:
+            val_terms = _evaluate(net, val_ds, batch_size, device, rank, world, autocast, num_workers, pin)
+        record = {"epoch": epoch, "step": step, "train": train_terms, "val": val_terms}
+        history.append(record)
+
+        improved = False
+        if val_terms is not None:
+            v = val_terms["loss"]
+            if v < best_val - min_delta:
+                best_val, best_epoch, bad_epochs, improved = v, epoch, 0, True
+                if restore_best:
+                    best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            else:
+                bad_epochs += 1
+            if patience is not None and bad_epochs >= patience:
+                stopped_early = epoch + 1 < epochs
+
+        if rank == 0 and progress:
+            msg = " ".join(f"{k}={v:.4g}" for k, v in train_terms.items())
+            if val_terms is not None:
+                msg += " | val " + " ".join(f"{k}={v:.4g}" for k, v in val_terms.items())
+            tqdm.write(f"epoch {epoch + 1}/{epochs}: {msg}")
+        if writer is not None:
+            for k, v in train_terms.items():
+                writer.add_scalar(f"train/{k}", v, epoch + 1)
+            for k, v in (val_terms or {}).items():
+                writer.add_scalar(f"val/{k}", v, epoch + 1)
+            writer.add_scalar("lr", opt.param_groups[0]["lr"], epoch + 1)
+            _log_images(writer, model, val_ds if val_ds is not None else train_ds, device, epoch + 1)
+            writer.flush()
+
+        if checkpoint_dir is not None:
+            rng = _gather_rng(world)  # collective: every rank takes part
+            if rank == 0:
+                state = {"training": {
+                    "epoch": epoch, "step": step, "history": history, "world_size": world,
+                    "best_val_loss": None if best_val == math.inf else best_val, "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs, "stopped_early": stopped_early,
+                    "fit": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+                            "weight_decay": weight_decay, "seed": seed, "shuffle": shuffle, "drop_last": drop_last,
+                            "amp": None if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+                            "grad_clip": grad_clip}}}
+                last_ckpt = ckpt.save_checkpoint(checkpoint_dir / f"epoch-{epoch + 1:04d}", model, optimizer=opt,
+                                                 optimizer_name=optimizer, scaler=scaler, rng=rng, state=state)
+                ckpt.point(checkpoint_dir, "LATEST", last_ckpt)
+                if improved:
+                    ckpt.point(checkpoint_dir, "BEST", last_ckpt)
+                _prune(checkpoint_dir, keep_checkpoints)
+            if world > 1:
+                dist.barrier()
+        if stopped_early:
+            break
+
+    if writer is not None:
+        writer.close()
+    if restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(model=model, history=history, best_epoch=best_epoch,
+                     best_val_loss=None if best_val == math.inf else best_val, stopped_early=stopped_early,
+                     checkpoint=last_ckpt)
+
+
+@torch.no_grad()
+def _evaluate(net, ds, batch_size, device, rank, world, autocast, num_workers, pin) -> dict[str, float]:
+    inner = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+    was = inner.model.training
+    inner.model.eval()
+    local = torch.tensor_split(torch.arange(len(ds)), world)[rank]
+    sums: dict[str, float] = {}
+    count = 0.0
+    try:
+        for idx, batch in zip(local.split(batch_size), _loader(ds, list(local.split(batch_size)), num_workers, pin)):
+            with autocast():
+                terms = inner(_to(batch, device))  # the unwrapped module: no DDP sync in eval
+            for k, v in terms.items():
+                if isinstance(v, torch.Tensor):
+                    sums[k] = sums.get(k, 0.0) + float(v.detach().float().mean()) * idx.numel()
+            count += idx.numel()
+    finally:
+        inner.model.train(was)
+    return _allreduce_terms(sums, count, world)
+
+
+@torch.no_grad()
+def _log_images(writer, model, ds, device, epoch: int, n: int = 8) -> None:
+    """Inputs (top row) and reconstructions (bottom row) of the first ``n`` samples, for image data."""
+    idx = torch.arange(min(n, len(ds)))
+    batch = ds.get_batch(idx) if hasattr(ds, "get_batch") else default_collate([ds[int(i)] for i in idx])
+    x = _first(batch).to(device)
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        return
+    was = model.training
+    model.eval()
+    try:
+        r = model(x)
+    finally:
+        model.train(was)
+    if isinstance(r, (tuple, list)):
+        r = r[0]
+    if not isinstance(r, torch.Tensor) or r.shape != x.shape:
+        return
+    writer.add_images("reconstruction", torch.cat([x, r.float()]).clamp(0, 1).cpu(), epoch)
+
+
+def _prune(run_dir: pathlib.Path, keep: int) -> None:
+    protect = {p.name for p in (ckpt.latest_checkpoint(run_dir), ckpt.best_checkpoint(run_dir)) if p is not None}
+    folders = sorted(p for p in run_dir.glob("epoch-[0-9]*") if p.is_dir())
+    for p in folders[:-keep]:
+        if p.name not in protect:
+            shutil.rmtree(p, ignore_errors=True)
