@@ -1,0 +1,315 @@
+"""knn_graph on the CPU backends (faiss-cpu, torch) against a NumPy brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import pyaeplus
+from pyaeplus.graph import KnnGraph, knn_graph
+from pyaeplus.graph import knn as knn_mod
+
+faiss = pytest.importorskip("faiss")
+
+METRICS = ["l2", "cosine", "ip", "hellinger", "chi2", "w1"]
+HIST = ("hellinger", "chi2", "w1")
+# (atol, rtol) of returned distances vs the float64 oracle, per input dtype
+DIST_TOL = {torch.float32: (2e-5, 2e-5), torch.float64: (1e-7, 2e-7)}  # float64 input: computed in float64, returned as float32
+
+
+def numpy_knn(x: np.ndarray, k: int, metric: str, exclude_self: bool = True):
+    """Direct-formula brute force in float64; ties by ascending index."""
+    x = x.astype(np.float64)
+    if metric in HIST:
+        p = x / x.sum(1, keepdims=True)
+    if metric == "l2":
+        d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    elif metric == "cosine":
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        d = np.maximum(1.0 - xn @ xn.T, 0.0)
+    elif metric == "ip":
+        d = -(x @ x.T)
+    elif metric == "hellinger":
+        s = np.sqrt(p)
+        d = np.sqrt(((s[:, None, :] - s[None, :, :]) ** 2).sum(-1))
+    elif metric == "chi2":
+        num = (p[:, None, :] - p[None, :, :]) ** 2
+        den = p[:, None, :] + p[None, :, :]
+        d = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0).sum(-1)
+    elif metric == "w1":
+        c = np.cumsum(p, axis=1)
+        d = np.abs(c[:, None, :] - c[None, :, :]).sum(-1)
+    n = x.shape[0]
+    if exclude_self:
+        d[np.arange(n), np.arange(n)] = np.inf
+    idx = np.empty((n, k), np.int64)
+    for i in range(n):
+        o = np.lexsort((np.arange(n), d[i]))[:k]
+        idx[i] = o
+    return np.take_along_axis(d, idx, 1), idx
+
+
+def data_with_duplicates(n: int, d: int, metric: str, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    if metric in HIST:
+        x = x.abs() + 0.01
+    x[n - 1] = x[3]  # duplicates of row 3 at a higher and a lower index
+    x[n - 2] = x[3]
+    x[1] = x[3]
+    return x.to(dtype)
+
+
+def assert_matches(g: KnnGraph, x: torch.Tensor, k: int, metric: str, exclude_self: bool = True):
+    ref_d, ref_i = numpy_knn(x.double().numpy(), k, metric, exclude_self)
+    atol, rtol = DIST_TOL[x.dtype if x.dtype in DIST_TOL else torch.float32]
+    assert g.indices.dtype == torch.int64 and g.distances.dtype == torch.float32
+    assert g.indices.shape == (x.shape[0], k)
+    np.testing.assert_allclose(g.distances.double().numpy(), ref_d, atol=atol, rtol=rtol)
+    mismatch = g.indices.numpy() != ref_i
+    if mismatch.any():
+        # Only tolerated where the oracle itself has a float32-level near-tie.
+        r, c = np.nonzero(mismatch)
+        near = np.abs(ref_d[r, c] - g.distances.numpy()[r, c]) <= atol + rtol * np.abs(ref_d[r, c])
+        assert near.all(), f"neighbour lists differ at rows {sorted(set(r.tolist()))[:10]}"
+        assert mismatch.mean() < 0.01
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_matches_numpy_brute_force(backend, metric):
+    x = data_with_duplicates(157, 23, metric)
+    g = knn_graph(x, 7, metric=metric, backend=backend, progress=False)
+    assert g.metric == metric and g.k == 7 and g.num_nodes == 157
+    assert_matches(g, x, 7, metric)
+    # duplicates of row 3 come first, in ascending index order; row 3 itself is excluded
+    assert g.indices[3, :3].tolist() == [1, 155, 156]
+    assert g.indices[1, :3].tolist() == [3, 155, 156]
+    if metric not in ("ip",):
+        assert g.distances[3, :3].abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("metric", ["l2", "chi2", "w1"])
+def test_float64_and_numpy_input(metric):
+    x = data_with_duplicates(91, 9, metric, dtype=torch.float64, seed=1)
+    g = knn_graph(x, 5, metric=metric, backend="torch", progress=False)
+    assert_matches(g, x, 5, metric)
+    g2 = knn_graph(x.numpy(), 5, metric=metric, backend="faiss", progress=False)
+    assert torch.equal(g.indices, g2.indices)
+    torch.testing.assert_close(g.distances, g2.distances, atol=1e-6, rtol=1e-6)
+
+
+def test_backends_and_chunks_agree_bitwise():
+    x = data_with_duplicates(203, 31, "l2", seed=2)
+    ref = knn_graph(x, 9, backend="faiss", progress=False)
+    for kw in ({"backend": "torch"}, {"backend": "torch", "chunk_size": 17}, {"backend": "faiss", "chunk_size": 50},
+               {"backend": "auto"}):
+        g = knn_graph(x, 9, progress=False, **kw)
+        assert torch.equal(g.indices, ref.indices), kw
+        assert torch.equal(g.distances, ref.distances), kw
+
+
+def test_include_self_and_heavy_ties():
+    x = torch.randn(60, 5)
+    x[10:30] = x[10]  # 20 copies: more ties than TIE_MARGIN around the k-th neighbour
+    g = knn_graph(x, 4, exclude_self=False, backend="torch", progress=False)
+    assert g.indices[0, 0] == 0
+    assert g.indices[15].tolist() == [10, 11, 12, 13]
+    g = knn_graph(x, 4, backend="faiss", progress=False)
+    assert g.indices[10].tolist() == [11, 12, 13, 14]
+    assert g.indices[12].tolist() == [10, 11, 13, 14]
+    assert_matches(knn_graph(x, 3, exclude_self=False, backend="faiss", progress=False), x, 3, "l2", False)
+
+
+def test_k_equal_n_minus_one_and_n():
+    x = torch.randn(12, 3)
+    g = knn_graph(x, 11, backend="faiss", progress=False)
+    assert_matches(g, x, 11, "l2")
+    assert (np.sort(g.indices.numpy(), 1) == np.array([[j for j in range(12) if j != i] for i in range(12)])).all()
+    assert_matches(knn_graph(x, 12, exclude_self=False, backend="torch", progress=False), x, 12, "l2", False)
+
+
+def test_memmap_out_of_core_fp16(tmp_path, monkeypatch):
+    x = data_with_duplicates(301, 13, "l2", seed=3).half()
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float16, shape=tuple(x.shape))
+    mm[:] = x.numpy()
+    mm.flush()
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    # database blocks of 64 rows: several blocks merged into the running candidates
+    monkeypatch.setattr(knn_mod, "MEMMAP_BLOCK_BYTES", 64 * 4 * 13)
+    for backend in ("faiss", "torch"):
+        g = knn_graph(mm, 6, backend=backend, chunk_size=40, progress=False)
+        assert_matches(g, x.float(), 6, "l2")
+        ref = knn_graph(x.float(), 6, backend=backend, progress=False)
+        assert torch.equal(g.indices, ref.indices) and torch.equal(g.distances, ref.distances)
+
+
+def clustered(n=3000, d=16, clusters=30, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, d)) * 4
+    lab = rng.integers(0, clusters, n)
+    return (centers[lab] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("index, bound", [("ivf", 0.90), ("hnsw", 0.95)])
+def test_approximate_recall(index, bound):
+    x = clustered()
+    k = 10
+    exact = knn_graph(x, k, backend="faiss", progress=False).indices.numpy()
+    g = knn_graph(x, k, backend="faiss", index=index, progress=False)
+    approx = g.indices.numpy()
+    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(approx, exact)])
+    assert recall >= bound, recall
+    # still sorted by (distance, index), self excluded, exact distances for what was found
+    assert (np.diff(g.distances.numpy(), axis=1) >= 0).all()
+    assert not (approx == np.arange(len(x))[:, None]).any()
+    xt = torch.from_numpy(x)
+    direct = (xt[:, None, :] - xt[g.indices]).square().sum(-1).sqrt()
+    torch.testing.assert_close(g.distances, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_approximate_short_rows_are_repaired():
+    x = clustered(n=800, clusters=40, seed=1)
+    with pytest.warns(RuntimeWarning, match="fewer than"):
+        g = knn_graph(x, 10, backend="faiss", index="ivf", index_params={"nlist": 40, "nprobe": 1}, progress=False)
+    assert (g.indices >= 0).all()
+    assert torch.isfinite(g.distances).all()
+
+
+def test_save_load_roundtrip(tmp_path):
+    x = torch.randn(50, 4)
+    g = knn_graph(x, 3, metric="cosine", progress=False)
+    p = tmp_path / "graph.npz"
+    g.save(p)
+    h = KnnGraph.load(p)
+    assert torch.equal(g.indices, h.indices) and torch.equal(g.distances, h.distances)
+    assert h.metric == "cosine" and h.k == 3 and h.num_nodes == 50
+    np.savez(tmp_path / "bad.npz", indices=np.zeros((2, 2), np.int64))
+    with pytest.raises(ValueError, match="distances"):
+        KnnGraph.load(tmp_path / "bad.npz")
+
+
+def test_knngraph_validation():
+    with pytest.raises(ValueError, match="indices and distances"):
+        KnnGraph(torch.zeros(3, 2, dtype=torch.int64), torch.zeros(3, 3))
+    with pytest.raises(TypeError, match="int64"):
+        KnnGraph(torch.zeros(3, 2, dtype=torch.int32), torch.zeros(3, 2))
+
+
+def test_progress_bar_runs():
+    x = torch.randn(40, 3)
+    g = knn_graph(x, 2, progress=True, chunk_size=16)
+    assert g.k == 2
+
+
+def test_feeds_csr_graph():
+    Graph = getattr(pyaeplus.graph, "Graph", None)
+    if Graph is None or not hasattr(Graph, "from_knn"):
+        pytest.skip("pyaeplus.graph.Graph.from_knn not available yet")
+    x = torch.randn(64, 5)
+    g = knn_graph(x, 4, progress=False)
+    csr = Graph.from_knn(g, weighting="heat")
+    assert csr.num_nodes == 64
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: clear errors naming the argument, raised before any search
+
+
+@pytest.mark.parametrize("k", [0, -1, 20, 21])
+def test_bad_k(k):
+    with pytest.raises(ValueError, match="k must be"):
+        knn_graph(torch.randn(20, 3), k, progress=False)
+
+
+def test_bad_k_type_and_args():
+    x = torch.randn(20, 3)
+    with pytest.raises(TypeError, match="k must be an int"):
+        knn_graph(x, 2.5, progress=False)
+    with pytest.raises(ValueError, match="metric"):
+        knn_graph(x, 2, metric="l3", progress=False)
+    with pytest.raises(ValueError, match="backend"):
+        knn_graph(x, 2, backend="cuda", progress=False)
+    with pytest.raises(ValueError, match="index"):
+        knn_graph(x, 2, index="pq", progress=False)
+    with pytest.raises(ValueError, match="index='ivf'"):
+        knn_graph(x, 2, index="ivf", backend="torch", progress=False)
+    with pytest.raises(ValueError, match="chunk_size"):
+        knn_graph(x, 2, chunk_size=0, progress=False)
+    with pytest.raises(TypeError, match="index_params"):
+        knn_graph(x, 2, index_params=[1], progress=False)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite(bad):
+    x = torch.randn(30, 4)
+    x[17, 2] = bad
+    with pytest.raises(ValueError, match="x contains NaN or Inf.*row 17"):
+        knn_graph(x, 3, progress=False)
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        knn_graph(x.numpy(), 3, backend="torch", progress=False)
+
+
+def test_check_finite_switch_skips_scan():
+    x = torch.randn(30, 4)
+    x[0, 0] = float("nan")
+    with pytest.raises(ValueError):
+        knn_graph(x, 3, backend="torch", progress=False)
+    with pyaeplus.config.checks(False):
+        g = knn_graph(x, 3, backend="torch", progress=False)
+    assert g.indices.shape == (30, 3)
+
+
+def test_bad_x():
+    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+        knn_graph(torch.arange(20).reshape(10, 2), 2, progress=False)
+    with pytest.raises(TypeError, match="x must be a floating-point array"):
+        knn_graph(np.zeros((10, 2), np.int32), 2, progress=False)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        knn_graph([[1.0, 2.0]] * 5, 2, progress=False)
+    with pytest.raises(ValueError, match="x must be 2-d"):
+        knn_graph(torch.randn(10), 2, progress=False)
+    with pytest.raises(ValueError, match="x must not be empty"):
+        knn_graph(torch.randn(0, 3), 1, progress=False)
+    with pytest.raises(ValueError, match="x must not be empty"):
+        knn_graph(torch.randn(5, 0), 1, progress=False)
+    with pytest.raises(ValueError, match="x must be on a CPU or CUDA"):
+        knn_graph(torch.randn(10, 2, device="meta"), 2, progress=False)
+
+
+@pytest.mark.parametrize("metric", HIST)
+def test_histogram_metrics_reject_bad_rows(metric):
+    x = torch.rand(20, 5)
+    x[4, 1] = -0.1
+    with pytest.raises(ValueError, match="non-negative.*row 4"):
+        knn_graph(x, 3, metric=metric, progress=False)
+    x = torch.rand(20, 5)
+    x[6] = 0
+    with pytest.raises(ValueError, match="positive sum.*row 6"):
+        knn_graph(x, 3, metric=metric, progress=False)
+
+
+def test_unavailable_backends(monkeypatch):
+    x = torch.randn(20, 3)
+    if not knn_mod.faiss_gpu_available():
+        with pytest.raises(RuntimeError, match="faiss-gpu"):
+            knn_graph(x, 2, backend="faiss-gpu", progress=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if pyaeplus._ext.triton_available():
+        with pytest.raises(ValueError, match="x is on cpu.*triton"):
+            knn_graph(x, 2, backend="triton", progress=False)
+
+
+def test_auto_resolution_on_cpu():
+    expected = "faiss-gpu" if knn_mod.faiss_gpu_available() else "faiss"
+    assert knn_mod.resolve_backend("auto", torch.device("cpu"), "l2", "flat") == expected
+
+
+def test_distributed_needs_process_group():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        pytest.skip("a process group is already initialized")
+    with pytest.raises(RuntimeError, match="process group"):
+        knn_graph(torch.randn(10, 2), 2, distributed=True, progress=False)
