@@ -13,3 +13,7 @@ from .weights import heat_kernel, symmetrize  # noqa: E402
 __all__ += ["Graph", "NeighborBatchSampler", "heat_kernel", "symmetrize", "weights"]
 
 # ---- k-NN graph and features (graph/knn.py, graph/features.py) ---------------------------
+from . import features  # noqa: E402
+from .knn import KnnGraph, knn_graph  # noqa: E402
+
+__all__ += ["KnnGraph", "knn_graph", "features"]
