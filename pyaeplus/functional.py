@@ -214,6 +214,271 @@ def sparse_decode(values: _torch_sd.Tensor, indices: _torch_sd.Tensor, weight: _
 
 # ---- SSIM / MS-SSIM ---------------------------------------------------------------------
 
+import numbers as _numbers  # noqa: E402
+from typing import List as _List, Optional as _Optional, Sequence as _Sequence, Tuple as _Tuple  # noqa: E402
+
+from .ops import ssim as _ssim_ops  # noqa: E402  (registers pyaeplus::ssim_stats*)
+from .reference import ssim as _ssim_ref  # noqa: E402
+
+_MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang, Simoncelli & Bovik 2003
+
+
+class _SSIMArgs(_NamedTuple):
+    X: _torch.Tensor
+    Y: _torch.Tensor
+    window: _Optional[_torch.Tensor]  # (K,) shared 1-D taps, or None: the general path
+    win_nd: _Optional[_torch.Tensor]  # (C, 1, [1,] 1, K) per-channel taps for the general path
+    win_size: int
+    c1: float
+    c2: float
+    padding: int
+
+
+def _ssim_args(X, Y, data_range, win_size, win_sigma, win, K, padding, window) -> _SSIMArgs:
+    _v.tensor("X", X, dtypes=_v.FLOATING, nonempty=False)
+    _v.tensor("Y", Y, dtypes=_v.FLOATING, nonempty=False)
+    if X.dtype != Y.dtype:
+        raise TypeError(f"X and Y must have the same dtype, got {X.dtype} and {Y.dtype}")
+    if X.shape != Y.shape:
+        raise ValueError(f"X and Y must have the same shape, got {tuple(X.shape)} and {tuple(Y.shape)}")
+    _v.same_device(X=X, Y=Y)
+    # pytorch-msssim drops trailing singleton dimensions beyond the first two (so (N, C, 1, H, W)
+    # is an image batch); do the same so that the same calls are accepted.
+    for d in range(X.dim() - 1, 1, -1):
+        if X.shape[d] == 1:
+            X, Y = X.squeeze(d), Y.squeeze(d)
+    if X.dim() not in (4, 5):
+        raise ValueError(f"X and Y must be 4-d (N, C, H, W) or 5-d (N, C, D, H, W) after dropping singleton "
+                         f"dimensions, got shape {tuple(X.shape)}")
+    if X.numel() == 0:
+        raise ValueError(f"X and Y must not be empty, got shape {tuple(X.shape)}")
+    data_range = _v.number("data_range", data_range, positive=True)
+    if not isinstance(K, (tuple, list)) or len(K) != 2:
+        raise TypeError(f"K must be a pair (K1, K2), got {K!r}")
+    k1 = _v.number("K[0]", K[0], nonnegative=True)
+    k2 = _v.number("K[1]", K[1], nonnegative=True)
+    pad = _v.choice("padding", padding, ("valid", "same", "reflect", "replicate", "circular"))
+    kind = _v.choice("window", window, ("gaussian", "uniform"))
+    C = X.shape[1]
+    win_nd = None
+    if win is not None:
+        _v.tensor("win", win, dtypes=_v.FLOATING)
+        win_size = int(win.shape[-1])
+        if win_size < 3 or win_size % 2 == 0:
+            raise ValueError(f"win must have an odd length >= 3 in its last dimension, got shape {tuple(win.shape)}")
+        if any(s != 1 for s in win.shape[1:-1]) or win.dim() not in (1, X.dim()) or \
+                (win.dim() > 1 and win.shape[0] not in (1, C)):
+            raise ValueError(f"win must be (K,) or ({C}, 1, {'1, ' * (X.dim() - 3)}K) as pytorch-msssim builds it, "
+                             f"got shape {tuple(win.shape)}")
+        _v.same_device(X=X, win=win) if win.device.type != "cpu" else None
+        rows = win.reshape(-1, win_size)
+        taps = rows[0]
+        if rows.shape[0] > 1 and not _v._compiling() and not bool((rows == taps).all()):
+            win_nd = win.reshape((C, 1) + (1,) * (X.dim() - 3) + (win_size,)) if rows.shape[0] == C else None
+    else:
+        if isinstance(win_size, bool) or not isinstance(win_size, _numbers.Integral):
+            raise TypeError(f"win_size must be an int, got {type(win_size).__name__} {win_size!r}")
+        win_size = int(win_size)
+        if win_size < 3 or win_size % 2 == 0:
+            raise ValueError(f"win_size must be odd and >= 3, got {win_size}")
+        if kind == "gaussian":
+            win_sigma = _v.number("win_sigma", win_sigma, positive=True)
+            taps = _ssim_ref.gaussian_window(win_size, win_sigma)
+        else:
+            taps = _ssim_ref.uniform_window(win_size)
+    small = min(X.shape[2:])
+    if small < win_size:
+        raise ValueError(f"win_size {win_size} is larger than the smallest spatial size {small} of X "
+                         f"(shape {tuple(X.shape)}); use a smaller window")
+    _v.finite("X", X)
+    _v.finite("Y", Y)
+    acc = _torch.float64 if X.dtype == _torch.float64 else _torch.float32
+    general = X.dim() == 5 or win_nd is not None
+    if general and pad != "valid":
+        raise ValueError(f"padding={pad!r} is supported for 4-d inputs with one window for all channels; "
+                         "5-d inputs and per-channel windows use padding='valid'")
+    if general and win_nd is None:
+        win_nd = taps.reshape((1, 1) + (1,) * (X.dim() - 3) + (win_size,)).expand(
+            (C, 1) + (1,) * (X.dim() - 3) + (win_size,))
+    window_t = None if general else taps.to(device=X.device, dtype=acc).contiguous()
+    return _SSIMArgs(X, Y, window_t, win_nd, win_size, (k1 * data_range) ** 2, (k2 * data_range) ** 2,
+                     _ssim_ops.PADDING_CODES[pad])
+
+
+def _reduce(per_image: _torch.Tensor, size_average: bool, reduction) -> _torch.Tensor:
+    if reduction is None:
+        return per_image.mean() if size_average else per_image
+    reduction = _v.choice("reduction", reduction, ("mean", "sum", "none"))
+    if reduction == "mean":
+        return per_image.mean()
+    return per_image.sum() if reduction == "sum" else per_image
+
+
+def _per_channel(a: _SSIMArgs, data_range: float, K) -> _Tuple[_torch.Tensor, _torch.Tensor, _torch.Tensor]:
+    """(ssim, cs, l1_sum) per (image, channel), means over the output map, for one level."""
+    if a.window is None:
+        s, cs = _ssim_ref.ssim_per_channel(a.X, a.Y, a.win_nd, data_range, K)
+        l1 = (a.X.to(s.dtype) - a.Y.to(s.dtype)).abs().flatten(2).sum(-1)
+        return s, cs, l1
+    s_sum, cs_sum, l1_sum, _ = _torch.ops.pyaeplus.ssim_stats(a.X, a.Y, a.window, a.c1, a.c2, a.padding, False)
+    H, W = a.X.shape[-2:]
+    n = (H - a.win_size + 1) * (W - a.win_size + 1) if a.padding == 0 else H * W
+    return s_sum / n, cs_sum / n, l1_sum
+
+
+def ssim(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, size_average: bool = True, win_size: int = 11,
+         win_sigma: float = 1.5, win: _Optional[_torch.Tensor] = None,
+         K: _Sequence[float] = (0.01, 0.03), nonnegative_ssim: bool = False, *, padding: str = "valid",
+         window: str = "gaussian", reduction: _Optional[str] = None) -> _torch.Tensor:
+    """Structural similarity, a drop-in for ``pytorch_msssim.ssim`` (same arguments, same numbers).
+
+    Args:
+        X, Y: images (N, C, H, W) (or (N, C, D, H, W), computed by the pure-PyTorch path), same
+            shape, dtype (float32/float16/bfloat16/float64) and device. Trailing singleton
+            dimensions are dropped first, as pytorch-msssim does.
+        data_range: value range of the images (255 for 8-bit, 1.0 for [0, 1]); > 0.
+        size_average: mean over the batch (scalar) if True, else one value per image (N,).
+        win_size: odd window length >= 3, at most min(H, W).
+        win_sigma: Gaussian sigma (> 0).
+        win: explicit taps, (K,) or pytorch-msssim's (C, 1, 1, K); overrides win_size/win_sigma.
+            Taps that differ across channels take the pure-PyTorch path (correct, slower).
+        K: constants (K1, K2); c1 = (K1 * data_range)^2, c2 = (K2 * data_range)^2.
+        nonnegative_ssim: clamp the per-channel SSIM at 0 (ReLU) before averaging.
+        padding: "valid" (no padding; pytorch-msssim, piq, MATLAB), "same" (zero padding;
+            fused-ssim), "reflect" (kornia, torchmetrics >= 1.4.2), "replicate", "circular";
+            all but "valid" keep the map at H x W.
+        window: "gaussian" (win_size, win_sigma) or "uniform" (box of win_size).
+        reduction: "mean" (scalar), "sum" (scalar) or "none" (N,); overrides size_average.
+
+    Returns:
+        Scalar tensor, or (N,) with ``size_average=False`` / ``reduction="none"``: the mean over
+        channels of each channel's mean SSIM, in the dtype of X (accumulated in float32).
+
+    Non-finite inputs raise ValueError (``pyaeplus.config.check_finite``). Gradients flow to
+    both X and Y.
+    """
+    a = _ssim_args(X, Y, data_range, win_size, win_sigma, win, K, padding, window)
+    s, _, _ = _per_channel(a, float(data_range), K)
+    if nonnegative_ssim:
+        s = _torch.relu(s)
+    return _reduce(s.mean(1), size_average, reduction).to(a.X.dtype)
+
+
+def ms_ssim(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, size_average: bool = True,
+            win_size: int = 11, win_sigma: float = 1.5, win: _Optional[_torch.Tensor] = None,
+            weights: _Optional[_List[float]] = None, K: _Sequence[float] = (0.01, 0.03), *,
+            padding: str = "valid", window: str = "gaussian", reduction: _Optional[str] = None) -> _torch.Tensor:
+    """Multi-scale SSIM, a drop-in for ``pytorch_msssim.ms_ssim`` (same arguments, same numbers).
+
+    Each level runs the SSIM kernel, then both images are 2x2 average pooled (padding odd sizes
+    as pytorch-msssim does). The result is prod_l relu(cs_l)^w_l over all but the last level
+    times relu(ssim_last)^w_last, per image and channel, averaged over channels.
+
+    Args:
+        X, Y: images (N, C, H, W) (or 5-d), as in :func:`ssim`. With ``padding="valid"`` the
+            smaller side must exceed (win_size - 1) * 2^(levels - 1), as pytorch-msssim asserts.
+        data_range, size_average, win_size, win_sigma, win, K, padding, window, reduction:
+            as in :func:`ssim`.
+        weights: per-level exponents; default the 5 weights of Wang et al. 2003.
+
+    Returns:
+        Scalar, or (N,) with ``size_average=False`` / ``reduction="none"``, in the dtype of X.
+    """
+    a = _ssim_args(X, Y, data_range, win_size, win_sigma, win, K, padding, window)
+    if weights is None:
+        weights = _MS_SSIM_WEIGHTS
+    if isinstance(weights, _torch.Tensor):
+        weights = weights.tolist()
+    if not isinstance(weights, (list, tuple)) or len(weights) < 1:
+        raise TypeError(f"weights must be a non-empty list of level weights, got {weights!r}")
+    weights = [_v.number(f"weights[{i}]", w) for i, w in enumerate(weights)]
+    levels = len(weights)
+    smaller = min(a.X.shape[-2:])
+    if a.padding == 0 and smaller <= (a.win_size - 1) * 2 ** (levels - 1):
+        raise ValueError(f"X and Y must have a smaller side > {(a.win_size - 1) * 2 ** (levels - 1)} for "
+                         f"{levels} levels and win_size {a.win_size} (got {tuple(a.X.shape)})")
+    last = smaller
+    for _ in range(levels - 1):
+        last = (last + 1) // 2
+    if last < a.win_size:
+        raise ValueError(f"the coarsest of {levels} levels is {last} pixels, smaller than win_size {a.win_size}")
+    pool = _torch.nn.functional.avg_pool2d if a.X.dim() == 4 else _torch.nn.functional.avg_pool3d
+    x, y = a.X, a.Y
+    mcs = []
+    for i in range(levels):
+        s, cs, _ = _per_channel(a._replace(X=x, Y=y), float(data_range), K)
+        if i < levels - 1:
+            mcs.append(_torch.relu(cs))
+            pad = [d % 2 for d in x.shape[2:]]
+            x = pool(x, kernel_size=2, padding=pad)
+            y = pool(y, kernel_size=2, padding=pad)
+    stack = _torch.stack(mcs + [_torch.relu(s)], dim=0)  # (levels, N, C)
+    w = _torch.tensor(weights, dtype=stack.dtype, device=stack.device).view(-1, 1, 1)
+    per_image = _torch.prod(stack**w, dim=0).mean(1)
+    return _reduce(per_image, size_average, reduction).to(a.X.dtype)
+
+
+def ssim_map(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, win_size: int = 11, win_sigma: float = 1.5,
+             win: _Optional[_torch.Tensor] = None, K: _Sequence[float] = (0.01, 0.03), *, padding: str = "valid",
+             window: str = "gaussian") -> _torch.Tensor:
+    """The full SSIM map (per-pixel anomaly maps), differentiable w.r.t. X and Y.
+
+    Args:
+        X, Y: images (N, C, H, W); same rules as :func:`ssim` (4-d with one window only).
+        data_range, win_size, win_sigma, win, K, padding, window: as in :func:`ssim`.
+
+    Returns:
+        (N, C, Ho, Wo) in the dtype of X: Ho = H - win_size + 1 for "valid", H otherwise (same for W).
+    """
+    a = _ssim_args(X, Y, data_range, win_size, win_sigma, win, K, padding, window)
+    if a.window is None:
+        raise ValueError("ssim_map takes 4-d X, Y and one window for all channels (win must not differ per channel)")
+    return _torch.ops.pyaeplus.ssim_stats(a.X, a.Y, a.window, a.c1, a.c2, a.padding, True)[3].to(a.X.dtype)
+
+
+def ssim_loss(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 1.0, win_size: int = 11,
+              win_sigma: float = 1.5, win: _Optional[_torch.Tensor] = None, K: _Sequence[float] = (0.01, 0.03), *,
+              padding: str = "valid", window: str = "gaussian", reduction: str = "mean") -> _torch.Tensor:
+    """``1 - SSIM(X, Y)`` as a training loss (defaults for images in [0, 1]).
+
+    Args: as :func:`ssim`; ``reduction`` "mean" | "sum" | "none" (N,).
+
+    Returns:
+        Scalar, or (N,) for ``reduction="none"``, in the dtype of X.
+    """
+    a = _ssim_args(X, Y, data_range, win_size, win_sigma, win, K, padding, window)
+    s, _, _ = _per_channel(a, float(data_range), K)
+    return _reduce(1 - s.mean(1), True, reduction).to(a.X.dtype)
+
+
+def l1_ssim_loss(X: _torch.Tensor, Y: _torch.Tensor, alpha: float = 0.84, data_range: float = 1.0,
+                 win_size: int = 11, win_sigma: float = 1.5, win: _Optional[_torch.Tensor] = None,
+                 K: _Sequence[float] = (0.01, 0.03), *, padding: str = "valid", window: str = "gaussian",
+                 reduction: str = "mean") -> _torch.Tensor:
+    """``(1 - alpha) * L1 + alpha * (1 - SSIM)`` (Zhao et al., "Loss Functions for Image
+    Restoration with Neural Networks"), with L1 the mean |X - Y| over all pixels of an image,
+    computed in the same kernel pass as SSIM.
+
+    Args:
+        alpha: weight of the SSIM term, in [0, 1].
+        others: as :func:`ssim_loss`.
+
+    Returns:
+        Scalar, or (N,) for ``reduction="none"``, in the dtype of X.
+    """
+    alpha = _v.number("alpha", alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    a = _ssim_args(X, Y, data_range, win_size, win_sigma, win, K, padding, window)
+    s, _, l1 = _per_channel(a, float(data_range), K)
+    n_pix = a.X[0].numel()
+    per_image = (1 - alpha) * l1.sum(1) / n_pix + alpha * (1 - s.mean(1))
+    return _reduce(per_image, True, reduction).to(a.X.dtype)
+
+
+__all__ += ["ssim", "ms_ssim", "ssim_map", "ssim_loss", "l1_ssim_loss"]
+
+
 # ---- graph-Laplacian regularization ------------------------------------------------------
 
 import torch as _torch_lap  # noqa: E402

@@ -118,6 +118,105 @@ class SparseDecoder(_torch_sd.nn.Module):
 
 # ---- SSIM / MS-SSIM ---------------------------------------------------------------------
 
+from typing import List as _SList, Optional as _SOptional, Sequence as _SSequence  # noqa: E402
+
+import torch as _storch  # noqa: E402
+
+from . import functional as _sF  # noqa: E402
+from .reference import ssim as _ssim_ref  # noqa: E402
+
+
+class _SSIMBase(_storch.nn.Module):
+    def __init__(self, data_range, win_size, win_sigma, channel, spatial_dims, K, padding, window):
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        if isinstance(channel, bool) or not isinstance(channel, int) or channel < 1:
+            raise ValueError(f"channel must be a positive int, got {channel!r}")
+        self.data_range, self.win_size, self.win_sigma = data_range, win_size, win_sigma
+        self.channel, self.spatial_dims, self.K = channel, spatial_dims, K
+        self.padding, self.window = padding, window
+        # pytorch-msssim keeps the taps as .win (C, 1, [1,] 1, K); kept for code that reads it.
+        taps = _ssim_ref.gaussian_window(win_size, win_sigma) if window == "gaussian" else \
+            _ssim_ref.uniform_window(win_size)
+        self.win = taps.reshape((1, 1) + (1,) * (spatial_dims - 1) + (win_size,)).repeat(
+            (channel, 1) + (1,) * spatial_dims)
+
+    def _check(self, X: _storch.Tensor) -> None:
+        if isinstance(X, _storch.Tensor) and X.dim() >= 2 and X.shape[1] != self.channel:
+            raise ValueError(f"X has {X.shape[1]} channels but the module was built with channel={self.channel}")
+
+    def _kw(self) -> dict:
+        return dict(data_range=self.data_range, win_size=self.win_size, win_sigma=self.win_sigma, K=self.K,
+                    padding=self.padding, window=self.window)
+
+
+class SSIM(_SSIMBase):
+    """Module form of :func:`pyaeplus.ssim`; a drop-in for ``pytorch_msssim.SSIM`` (same
+    constructor arguments and defaults, plus ``padding``, ``window`` and ``reduction``).
+    ``channel`` is checked against the inputs' channel count."""
+
+    def __init__(self, data_range: float = 255, size_average: bool = True, win_size: int = 11,
+                 win_sigma: float = 1.5, channel: int = 3, spatial_dims: int = 2,
+                 K: _SSequence[float] = (0.01, 0.03), nonnegative_ssim: bool = False, *, padding: str = "valid",
+                 window: str = "gaussian", reduction: _SOptional[str] = None) -> None:
+        super().__init__(data_range, win_size, win_sigma, channel, spatial_dims, K, padding, window)
+        self.size_average, self.nonnegative_ssim, self.reduction = size_average, nonnegative_ssim, reduction
+
+    def forward(self, X: _storch.Tensor, Y: _storch.Tensor) -> _storch.Tensor:
+        self._check(X)
+        return _sF.ssim(X, Y, size_average=self.size_average, nonnegative_ssim=self.nonnegative_ssim,
+                        reduction=self.reduction, **self._kw())
+
+
+class MS_SSIM(_SSIMBase):
+    """Module form of :func:`pyaeplus.ms_ssim`; a drop-in for ``pytorch_msssim.MS_SSIM``."""
+
+    def __init__(self, data_range: float = 255, size_average: bool = True, win_size: int = 11,
+                 win_sigma: float = 1.5, channel: int = 3, spatial_dims: int = 2,
+                 weights: _SOptional[_SList[float]] = None, K: _SSequence[float] = (0.01, 0.03), *,
+                 padding: str = "valid", window: str = "gaussian", reduction: _SOptional[str] = None) -> None:
+        super().__init__(data_range, win_size, win_sigma, channel, spatial_dims, K, padding, window)
+        self.size_average, self.weights, self.reduction = size_average, weights, reduction
+
+    def forward(self, X: _storch.Tensor, Y: _storch.Tensor) -> _storch.Tensor:
+        self._check(X)
+        return _sF.ms_ssim(X, Y, size_average=self.size_average, weights=self.weights, reduction=self.reduction,
+                           **self._kw())
+
+
+class SSIMLoss(_storch.nn.Module):
+    """``1 - SSIM(X, Y)`` (:func:`pyaeplus.functional.ssim_loss`); defaults for images in [0, 1]."""
+
+    def __init__(self, data_range: float = 1.0, win_size: int = 11, win_sigma: float = 1.5,
+                 K: _SSequence[float] = (0.01, 0.03), *, padding: str = "valid", window: str = "gaussian",
+                 reduction: str = "mean") -> None:
+        super().__init__()
+        self.kw = dict(data_range=data_range, win_size=win_size, win_sigma=win_sigma, K=K, padding=padding,
+                       window=window, reduction=reduction)
+
+    def forward(self, X: _storch.Tensor, Y: _storch.Tensor) -> _storch.Tensor:
+        return _sF.ssim_loss(X, Y, **self.kw)
+
+
+class L1SSIMLoss(_storch.nn.Module):
+    """``(1 - alpha) * L1 + alpha * (1 - SSIM)`` from one kernel pass
+    (:func:`pyaeplus.functional.l1_ssim_loss`)."""
+
+    def __init__(self, alpha: float = 0.84, data_range: float = 1.0, win_size: int = 11, win_sigma: float = 1.5,
+                 K: _SSequence[float] = (0.01, 0.03), *, padding: str = "valid", window: str = "gaussian",
+                 reduction: str = "mean") -> None:
+        super().__init__()
+        self.kw = dict(alpha=alpha, data_range=data_range, win_size=win_size, win_sigma=win_sigma, K=K,
+                       padding=padding, window=window, reduction=reduction)
+
+    def forward(self, X: _storch.Tensor, Y: _storch.Tensor) -> _storch.Tensor:
+        return _sF.l1_ssim_loss(X, Y, **self.kw)
+
+
+__all__ += ["SSIM", "MS_SSIM", "SSIMLoss", "L1SSIMLoss"]
+
+
 # ---- graph-Laplacian regularization ------------------------------------------------------
 
 import torch as _torch_lap  # noqa: E402
