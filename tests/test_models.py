@@ -66,6 +66,10 @@ FACTORIES = {
                                                objective="soft-boundary", nu=0.1),
     "deep_svdd_ae": lambda: M.DeepSVDD((1, 12, 12), channels=[4, 2], rep_dim=8).pretrain_autoencoder(),
     "deep_ocsvm": lambda: M.DeepOCSVM(M.DenseAE(144, [32], 6), nu=0.1, n_features=64),
+    "sparse_topk": lambda: M.SparseAE(144, 48, k=6, alpha=1.5, dead_steps=5, input_shape=(1, 12, 12)),
+    "sparse_topk_bce": lambda: M.SparseAE(144, 48, k=6, loss="bce", output_activation="sigmoid"),
+    "sparse_l1": lambda: M.SparseAE(144, 32, sparsity="l1", l1=1e-3),
+    "sparse_kl": lambda: M.SparseAE(144, 32, sparsity="kl", rho=0.1, beta=0.1),
 }
 
 
@@ -482,3 +486,200 @@ def test_deep_ocsvm_loss_is_the_primal_objective():
     m2 = M.DeepOCSVM(M.DenseAE(4, [], 2), nu=0.3, n_features=32, recon_weight=0.0)
     m2.loss(x)["loss"].backward()
     assert all(p.grad is None for p in m2.base.parameters())
+
+
+# ---- sparse autoencoders ------------------------------------------------------------------
+
+def test_sparse_topk_matches_plain_torch_and_uses_alpha_at_eval():
+    m = M.SparseAE(144, 40, k=5, alpha=2.0, input_shape=(1, 12, 12))
+    x = _data(9)
+    with torch.no_grad():
+        m.decoder.bias.normal_()
+        m.encoder.bias.normal_()
+    pre = m.encoder(x.reshape(9, 144) - m.decoder.bias)
+    for training, k in ((True, 5), (False, 10)):
+        m.train(training)
+        v, i = torch.topk(pre, k, dim=1)
+        dense = torch.zeros_like(pre).scatter(1, i, torch.relu(v))
+        ref = (dense @ m.decoder.weight + m.decoder.bias).reshape(9, 1, 12, 12)
+        codes = m.encode(x)
+        assert codes.values.shape == (9, k) and codes.indices.shape == (9, k)
+        torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m.dense_codes(x), dense)
+        assert int((m.dense_codes(x) != 0).sum(1).max()) <= k
+    # decoder rows start at unit norm and the encoder is tied to them
+    fresh = M.SparseAE(20, 30, k=3)
+    torch.testing.assert_close(fresh.decoder.weight.norm(dim=1), torch.ones(30))
+    torch.testing.assert_close(fresh.encoder.weight, fresh.decoder.weight)
+
+
+def test_sparse_auxk_revives_dead_latents():
+    x = _data(32)
+    torch.manual_seed(1)
+    m = M.SparseAE(144, 32, k=4, aux_k=8, dead_steps=50)
+    m.train()
+    out = m.loss(x)
+    assert float(out["auxk"]) == 0.0 and float(out["dead"]) == 0.0      # nobody is dead yet
+    grads = {}
+    for coef in (0.0, 1 / 32):
+        m2 = M.build("sparse", **dict(m.config, aux_coef=coef))
+        m2.load_state_dict(m.state_dict())
+        m2.steps_since_active[16:] = 1000                               # latents 16.. are dead
+        out = m2.loss(x)
+        dead = m2.dead_latents()
+        assert dead[16:].any() and not dead[:16].any()
+        assert float(out["auxk"]) > 0
+        assert math.isclose(float(out["dead"]), float(dead.float().mean()))
+        torch.testing.assert_close(out["loss"].detach(), out["recon"] + coef * out["auxk"])
+        out["loss"].backward()
+        grads[coef] = m2.encoder.weight.grad[dead].abs().sum(1)
+    assert float(grads[0.0].sum()) == 0.0                                 # only AuxK reaches them
+    assert float(grads[1 / 32].sum()) > 0
+    # activity bookkeeping: training steps only
+    m.eval()
+    before = m.steps_since_active.clone()
+    m.loss(x)
+    assert torch.equal(before, m.steps_since_active)
+
+
+def test_sparse_l1_and_kl_terms():
+    x = _data(16)
+    m = M.SparseAE(144, 20, sparsity="l1", l1=0.01)
+    h = torch.relu(m.encoder(x.reshape(16, -1)))
+    out = m.loss(x)
+    torch.testing.assert_close(out["l1"], h.abs().sum(1).mean().detach())
+    torch.testing.assert_close(out["loss"].detach(), out["recon"] + 0.01 * out["l1"])
+    k = M.SparseAE(144, 20, sparsity="kl", rho=0.05, beta=0.5)
+    h = torch.sigmoid(k.encoder(x.reshape(16, -1))).mean(0)
+    kl = (0.05 * torch.log(0.05 / h) + 0.95 * torch.log(0.95 / (1 - h))).sum()
+    out = k.loss(x)
+    torch.testing.assert_close(out["kl"], kl.detach())
+    assert float(out["kl"]) > 0
+    with pytest.raises(ValueError, match="k must be <= 20"):
+        M.SparseAE(144, 20, k=21)
+    with pytest.raises(ValueError, match="sparsity must be one of"):
+        M.SparseAE(144, 20, sparsity="l0")
+    with pytest.raises(ValueError, match="rho must be in"):
+        M.SparseAE(144, 20, sparsity="kl", rho=1.0)
+
+
+# ---- Laplacian autoencoder ----------------------------------------------------------------
+
+def _laplacian_setup(lam=1.0, base=None):
+    from torch.utils.data import DataLoader
+
+    x = _data(120)
+    graph = M.LaplacianAE.knn_graph_of(x, 6)
+    base = base or M.ConvAE(1, [4, 8], 6, input_shape=(12, 12))
+    m = M.LaplacianAE(base, lam=lam, graph=graph)
+    loader = DataLoader(M.IndexedDataset(x), batch_sampler=m.sampler(40, neighbors=4, seed=0))
+    return x, graph, m, loader
+
+
+def test_laplacian_ae_trains_on_neighbour_batches():
+    x, graph, m, loader = _laplacian_setup(lam=0.5)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    epochs = []
+    for _ in range(6):
+        tot = []
+        for batch in loader:
+            out = m.loss(batch)
+            assert float(out["edges"]) > 0                 # the sampler puts neighbours together
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+            tot.append(float(out["loss"].detach()))
+        epochs.append(sum(tot) / len(tot))
+    assert epochs[-1] < 0.8 * epochs[0]
+    assert m.score(x).shape == (120,)
+
+
+def test_laplacian_term_is_the_weighted_graph_penalty():
+    x, graph, m, loader = _laplacian_setup(lam=0.7)
+    xb, idx = next(iter(loader))
+    out = m.loss((xb, idx))
+    z = m.encode(xb).detach()
+    w = graph.subgraph(idx).to_dense()
+    d2 = torch.cdist(z, z).square()
+    expect = 0.7 * (w * d2).sum() / (w != 0).sum()          # reduction="mean": per stored edge
+    torch.testing.assert_close(out["laplacian"], expect, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out["loss"].detach(), out["recon"] + out["laplacian"])
+
+
+@pytest.mark.parametrize("base", [lambda: M.VAE("dense", 4, in_features=144, hidden=[16]),
+                                  lambda: M.SparseAE(144, 32, k=4),
+                                  lambda: M.DenoisingAE(M.DenseAE(144, [16], 4))])
+def test_laplacian_wraps_the_whole_objective_of_any_model(base):
+    x, graph, m, loader = _laplacian_setup(lam=0.3, base=base())
+    batch = next(iter(loader))
+    torch.manual_seed(5)
+    out = m.loss(batch)
+    torch.manual_seed(5)
+    inner = m.base.loss(batch[0])
+    for k, v in inner.items():
+        if k != "loss":
+            torch.testing.assert_close(out[k], v)           # e.g. the VAE's KL is still there
+    torch.testing.assert_close(out["loss"].detach(), inner["loss"].detach() + out["laplacian"])
+    out["loss"].backward()
+    rebuilt = M.build("laplacian", **json.loads(json.dumps(m.config)))
+    assert rebuilt.graph is None
+
+
+def test_laplacian_bad_batches():
+    x, graph, m, loader = _laplacian_setup()
+    with pytest.raises(ValueError, match="idx"):
+        m.loss(x[:8])
+    with pytest.raises(ValueError, match="idx"):
+        m.loss((x[:8], torch.arange(7)))
+    with pytest.raises(RuntimeError, match="no graph"):
+        M.LaplacianAE(M.DenseAE(144, [], 2)).loss((x[:8], torch.arange(8)))
+    with pytest.raises(TypeError, match="graph must be"):
+        M.LaplacianAE(M.DenseAE(144, [], 2), graph="knn")
+
+
+# ---- image losses (fused SSIM kernels) ----------------------------------------------------
+
+@pytest.mark.parametrize("loss", ["ssim", "l1_ssim"])
+def test_image_losses_train(loss):
+    from pyaeplus import nn as pnn
+
+    needed = {"ssim": "SSIMLoss", "l1_ssim": "L1SSIMLoss"}[loss]
+    if not hasattr(pnn, needed):
+        pytest.skip(f"pyaeplus.nn.{needed} is not available in this build")
+    x = _data(16, shape=(1, 16, 16))
+    m = M.ConvAE(1, [4, 8], 8, input_shape=(16, 16), output_activation="sigmoid", loss=loss)
+    losses = _train(m, x, steps=25)
+    assert losses[-1] < losses[0]
+    s = m.score(x)
+    assert s.shape == (16,) and (s >= 0).all()
+
+
+# ---- torch.compile ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["conv_avg_transposed", "vae_conv", "contractive_closed", "deep_svdd_dense_soft",
+                                  "deep_ocsvm"])
+def test_loss_compiles_without_graph_breaks(name, backend):
+    torch._dynamo.reset()
+    model = FACTORIES[name]()
+    x = _data(8)
+    if isinstance(model, M.DeepSVDD):
+        model.init_center(x)
+    model.eval()                      # deterministic (no dropout / noise / sampling) for comparison
+    loss = torch.compile(lambda b: model.loss(b)["loss"], fullgraph=True, backend=backend)
+    got = loss(x)
+    if isinstance(model, M.VAE):      # the loss draws a posterior sample; compiled RNG streams differ
+        assert torch.isfinite(got) and got.requires_grad
+    else:
+        torch.testing.assert_close(got, model.loss(x)["loss"], rtol=1e-4, atol=1e-5)
+    score = torch.compile(model.score, fullgraph=True, backend=backend)
+    torch.testing.assert_close(score(x), model.score(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_sparse_topk_inference_compiles(backend):
+    torch._dynamo.reset()
+    model = FACTORIES["sparse_topk"]().eval()
+    x = _data(8)
+    f = torch.compile(model, fullgraph=True, backend=backend)
+    torch.testing.assert_close(f(x), model(x), rtol=1e-4, atol=1e-5)

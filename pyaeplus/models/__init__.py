@@ -30,6 +30,9 @@ from .contractive import ContractiveAE
 from .vae import VAE
 from .svdd import DeepSVDD, DeepSVDDAutoEncoder
 from .ocsvm import DeepOCSVM
+from .sparse import SparseAE
+from .laplacian import IndexedDataset, LaplacianAE
 
 __all__ = ["MODELS", "RECON_LOSSES", "AutoEncoder", "build", "register", "DenseAE", "ConvAE", "DenoisingAE",
-           "ContractiveAE", "VAE", "DeepSVDD", "DeepSVDDAutoEncoder", "DeepOCSVM"]
+           "ContractiveAE", "VAE", "DeepSVDD", "DeepSVDDAutoEncoder", "DeepOCSVM", "SparseAE", "LaplacianAE",
+           "IndexedDataset"]

@@ -223,15 +223,22 @@ class AutoEncoder(nn.Module):
         return out, self.reconstruction_error(x, out, None, reduce)
 
     def loss(self, batch) -> dict[str, torch.Tensor]:
-        """Training objective on a batch (tensor or (x, ...) tuple).
+        """Training objective on a batch (tensor, (x, ...) tuple or {"x": ...} dict).
 
         Returns:
-            dict with ``"loss"`` (scalar total, to backpropagate) and ``"recon"`` (scalar).
+            dict with ``"loss"`` (scalar total, to backpropagate) and the model's named terms
+            (detached scalars), e.g. ``"recon"``.
         """
         x, _ = self._input(batch)
-        _, err = self._recon_terms(x, self.encode(x))
+        return self.loss_terms(x)[0]
+
+    def loss_terms(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any]:
+        """The loss dict of a validated input x and the latents it was computed from (so that
+        wrappers such as LaplacianAE add terms on them without encoding twice)."""
+        z = self.encode(x)
+        _, err = self._recon_terms(x, z)
         recon = err.mean()
-        return {"loss": recon, "recon": recon.detach()}
+        return {"loss": recon, "recon": recon.detach()}, z
 
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> torch.Tensor:

@@ -81,7 +81,12 @@ class ContractiveAE(DenseAE):
             dict with ``"loss"``, ``"recon"`` and ``"contractive"`` (the unweighted mean penalty).
         """
         x, _ = self._input(batch)
-        _, err = self._recon_terms(x, self.encode(x))
+        return self.loss_terms(x)[0]
+
+    def loss_terms(self, x: torch.Tensor):
+        """(loss dict, latents)."""
+        z = self.encode(x)
+        _, err = self._recon_terms(x, z)
         recon = err.mean()
         pen = self.jacobian_penalty(x).mean()
-        return {"loss": recon + self.lam * pen, "recon": recon.detach(), "contractive": pen.detach()}
+        return {"loss": recon + self.lam * pen, "recon": recon.detach(), "contractive": pen.detach()}, z

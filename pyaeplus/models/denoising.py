@@ -84,10 +84,15 @@ class DenoisingAE(AutoEncoder):
             dict with ``"loss"`` and ``"recon"`` (scalars).
         """
         x, _ = self.base._input(batch)
+        return self.loss_terms(x)[0]
+
+    def loss_terms(self, x: torch.Tensor):
+        """(loss dict, latents of the corrupted input)."""
         xin = self.corrupt(x) if self.training else x
-        _, err = self.base._recon_terms(x, self.base.encode(xin))
+        z = self.base.encode(xin)
+        _, err = self.base._recon_terms(x, z)
         recon = err.mean()
-        return {"loss": recon, "recon": recon.detach()}
+        return {"loss": recon, "recon": recon.detach()}, z
 
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> torch.Tensor:

@@ -114,6 +114,10 @@ class DeepOCSVM(AutoEncoder):
             ``"outside"`` (fraction of the batch with negative margin).
         """
         x, _ = self.base._input(batch)
+        return self.loss_terms(x)[0]
+
+    def loss_terms(self, x: torch.Tensor):
+        """(loss dict, latents)."""
         z = self.base.encode(x)
         m = self._margin_from_latent(z.detach() if self.detach_latent else z)  # (B,) ⟨w,φ⟩ − ρ
         svm = 0.5 * self.w.square().sum() + torch.relu(-m).mean() / self.nu - self.rho
@@ -124,7 +128,7 @@ class DeepOCSVM(AutoEncoder):
             out["loss"] = svm + self.recon_weight * recon
         else:
             out["loss"] = svm
-        return out
+        return out, z
 
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> torch.Tensor:

@@ -174,12 +174,18 @@ class DeepSVDD(AutoEncoder):
             soft-boundary, ``"radius"`` (R) and ``"outside"`` (fraction of the batch beyond R).
         """
         x, _ = self._input(batch)
-        if not bool(self.center_ready):
+        return self.loss_terms(x)[0]
+
+    def loss_terms(self, x: torch.Tensor):
+        """(loss dict, φ(x))."""
+        # (under torch.compile the centre is assumed set: the check would break the graph)
+        if not _validate._compiling() and not bool(self.center_ready):
             warnings.warn("DeepSVDD: the centre c was not initialised (call init_center(train_data) or train "
                           "with pyaeplus.train.fit, which calls on_train_begin); using this first batch",
                           RuntimeWarning, stacklevel=2)
             self.init_center(x)
-        dist = self.distance(x)
+        phi = self.encode(x)
+        dist = (phi - self.c).square().sum(1)
         out = {"dist": dist.mean().detach()}
         if self.objective == "one-class":
             out["loss"] = dist.mean()
@@ -188,7 +194,7 @@ class DeepSVDD(AutoEncoder):
             out["loss"] = r2 + torch.relu(dist - r2).mean() / self.nu
             out["radius"] = self.R.detach().clone()
             out["outside"] = (dist > r2).float().mean().detach()
-        return out
+        return out, phi
 
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> torch.Tensor:

@@ -97,7 +97,7 @@ class VAE(AutoEncoder):
         z = self.reparameterize(mu, logvar) if self.training else mu
         return self.decode(z).reshape(x.shape)
 
-    def _terms(self, x: torch.Tensor, n_samples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _terms(self, x: torch.Tensor, n_samples: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode_dist(x)
         kl = kl_standard_normal(mu, logvar)
         if n_samples is None:
@@ -105,7 +105,7 @@ class VAE(AutoEncoder):
         else:
             rec = sum(self.backbone._recon_terms(x, self.reparameterize(mu, logvar), "sum")[1]
                       for _ in range(n_samples)) / n_samples
-        return rec, kl
+        return rec, kl, mu
 
     def loss(self, batch) -> dict[str, torch.Tensor]:
         """Negative β-ELBO with one reparameterized sample per input.
@@ -115,8 +115,12 @@ class VAE(AutoEncoder):
             of the per-sample terms).
         """
         x, _ = self.backbone._input(batch)
-        rec, kl = self._terms(x, 1)
-        return {"loss": (rec + self.beta * kl).mean(), "recon": rec.mean().detach(), "kl": kl.mean().detach()}
+        return self.loss_terms(x)[0]
+
+    def loss_terms(self, x: torch.Tensor):
+        """(loss dict, posterior means)."""
+        rec, kl, mu = self._terms(x, 1)
+        return {"loss": (rec + self.beta * kl).mean(), "recon": rec.mean().detach(), "kl": kl.mean().detach()}, mu
 
     @torch.no_grad()
     def score(self, x: torch.Tensor, n_samples: int | None = None) -> torch.Tensor:
@@ -130,5 +134,5 @@ class VAE(AutoEncoder):
         x, _ = self.backbone._input(x, "x")
         if n_samples is not None:
             n_samples = _validate.integer("n_samples", n_samples, lo=1)
-        rec, kl = self._terms(x, n_samples)
+        rec, kl, _ = self._terms(x, n_samples)
         return rec + kl
