@@ -639,19 +639,46 @@ def test_laplacian_bad_batches():
 
 # ---- image losses (fused SSIM kernels) ----------------------------------------------------
 
-@pytest.mark.parametrize("loss", ["ssim", "l1_ssim"])
-def test_image_losses_train(loss):
+def _need(name):
     from pyaeplus import nn as pnn
 
-    needed = {"ssim": "SSIMLoss", "l1_ssim": "L1SSIMLoss"}[loss]
-    if not hasattr(pnn, needed):
-        pytest.skip(f"pyaeplus.nn.{needed} is not available in this build")
-    x = _data(16, shape=(1, 16, 16))
-    m = M.ConvAE(1, [4, 8], 8, input_shape=(16, 16), output_activation="sigmoid", loss=loss)
+    if not hasattr(pnn, name):
+        pytest.skip(f"pyaeplus.nn.{name} is not available in this build")
+    return getattr(pnn, name)
+
+
+@pytest.mark.parametrize("loss, module", [("ssim", "SSIMLoss"), ("l1_ssim", "L1SSIMLoss")])
+def test_image_losses_train_and_score_with_the_fused_kernels(loss, module):
+    cls = _need(module)
+    x = _data(16, shape=(2, 16, 16))
+    m = M.ConvAE(2, [4, 8], 8, input_shape=(16, 16), output_activation="sigmoid", loss=loss,
+                 loss_options={"win_size": 7, "padding": "reflect"})
+    assert isinstance(m.ssim_loss, cls)
     losses = _train(m, x, steps=25)
     assert losses[-1] < losses[0]
+    m.eval()
     s = m.score(x)
-    assert s.shape == (16,) and (s >= 0).all()
+    ref = cls(data_range=1.0, win_size=7, padding="reflect", reduction="none")(m(x), x)
+    torch.testing.assert_close(s, ref.detach())
+    assert M.build("conv", **json.loads(json.dumps(m.config))).ssim_loss is not None
+
+
+def test_ms_ssim_loss_and_bad_loss_options():
+    cls = _need("MS_SSIM")
+    x = _data(2, shape=(1, 48, 48))
+    m = M.DenseAE(48 * 48, [8], 4, input_shape=(1, 48, 48), output_activation="sigmoid", loss="ms_ssim",
+                  loss_options={"win_size": 3})
+    m.eval()
+    ref = 1 - cls(data_range=1.0, win_size=3, channel=1, reduction="none")(m(x), x)
+    torch.testing.assert_close(m.score(x), ref.detach())
+    m.loss(x)["loss"].backward()
+    assert m.decoder[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="loss_options"):
+        M.ConvAE(1, [4], 4, input_shape=(16, 16), loss="ssim", loss_options={"window_size": 7})
+    with pytest.raises(ValueError, match="loss_options"):
+        M.ConvAE(1, [4], 4, input_shape=(16, 16), loss="mse", loss_options={"win_size": 7})
+    with pytest.raises(TypeError, match="loss_options"):
+        M.ConvAE(1, [4], 4, input_shape=(16, 16), loss="ssim", loss_options=[7])
 
 
 # ---- torch.compile ------------------------------------------------------------------------

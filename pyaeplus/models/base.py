@@ -114,7 +114,7 @@ def check_loss_name(loss: str, image_shape: tuple[int, ...] | None) -> str:
     return loss
 
 
-def _ssim_loss_module(loss: str, data_range: float, channels: int) -> nn.Module:
+def _ssim_loss_module(loss: str, data_range: float, channels: int, options: dict) -> nn.Module:
     """The fused SSIM-family modules of pyaeplus.nn, one value per image (reduction="none")."""
     from .. import nn as pnn
 
@@ -122,9 +122,13 @@ def _ssim_loss_module(loss: str, data_range: float, channels: int) -> nn.Module:
     cls = getattr(pnn, names[loss], None)
     if cls is None:  # the SSIM kernels are not part of this build
         raise RuntimeError(f"loss={loss!r} needs pyaeplus.nn.{names[loss]}, which this pyaeplus does not provide")
-    # pytorch-msssim-style modules build their window for `channel` channels (default 3)
-    wanted = {"data_range": data_range, "reduction": "none", "channel": channels}
     params = inspect.signature(cls.__init__).parameters
+    bad = sorted(set(options) - set(params) | set(options) & {"reduction", "size_average", "channel"})
+    if bad:
+        raise ValueError(f"loss_options {bad} are not options of pyaeplus.nn.{names[loss]} here "
+                         f"(reduction and channel are set by the model)")
+    # pytorch-msssim-style modules build their window for `channel` channels (default 3)
+    wanted = {"data_range": data_range, "reduction": "none", "channel": channels, **options}
     return cls(**{k: v for k, v in wanted.items() if k in params})
 
 
@@ -162,14 +166,23 @@ class AutoEncoder(nn.Module):
     def extra_repr(self) -> str:
         return f"name={self.model_name!r}"
 
-    def _init_recon(self, loss: str, feature_shape: tuple[int, ...], image_shape: tuple[int, ...] | None) -> None:
+    def _init_recon(self, loss: str, feature_shape: tuple[int, ...], image_shape: tuple[int, ...] | None,
+                    options: dict | None = None) -> dict | None:
         """Set the reconstruction loss (validated) and the per-sample input shape; image losses get
-        their pyaeplus.nn module as a submodule so that ``.to(device)`` moves its window."""
+        their pyaeplus.nn module (built with ``options``, e.g. win_size, padding, alpha) as a
+        submodule so that ``.to(device)`` moves its window. Returns the options for ``config``."""
         self.recon_loss = check_loss_name(loss, image_shape)
         self.feature_shape = tuple(int(s) for s in feature_shape)
         self.image_shape = None if image_shape is None else tuple(int(s) for s in image_shape)
-        self.ssim_loss = (_ssim_loss_module(loss, self.data_range, self.image_shape[0])
+        if options is not None:
+            if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+                raise TypeError(f"loss_options must be a dict of keyword arguments, got {options!r}")
+            if loss not in _IMAGE_LOSSES and options:
+                raise ValueError(f"loss_options configure the SSIM losses {_IMAGE_LOSSES}, not loss={loss!r}")
+            options = copy.deepcopy(options)
+        self.ssim_loss = (_ssim_loss_module(loss, self.data_range, self.image_shape[0], options or {})
                           if loss in _IMAGE_LOSSES else None)
+        return options
 
     def _as_image(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], *self.image_shape)

@@ -22,7 +22,7 @@ class ContractiveAE(DenseAE):
     exact Jacobian through autograd (``latent`` backward passes with ``create_graph=True``).
 
     Args:
-        in_features, hidden, latent, activation, output_activation, loss, input_shape, dropout:
+        in_features, hidden, latent, activation, output_activation, loss, input_shape, dropout, loss_options:
             as :class:`DenseAE` (batch norm is not offered: it couples the samples of a batch, so
             a per-sample Jacobian would not be defined).
         latent_activation: activation of the code, default ``"sigmoid"`` as in the paper.
@@ -36,10 +36,10 @@ class ContractiveAE(DenseAE):
                  activation: str = "sigmoid", output_activation: str | None = None,
                  latent_activation: str | None = "sigmoid", loss: str = "mse",
                  input_shape: Sequence[int] | None = None, dropout: float = 0.0,
-                 lam: float = 1e-3, jacobian: str = "auto"):
+                 lam: float = 1e-3, jacobian: str = "auto", loss_options: dict | None = None):
         super().__init__(in_features, hidden, latent, activation=activation, output_activation=output_activation,
                          latent_activation=latent_activation, loss=loss, input_shape=input_shape,
-                         batch_norm=False, dropout=dropout)
+                         batch_norm=False, dropout=dropout, loss_options=loss_options)
         self.lam = _validate.number("lam", lam, nonnegative=True)
         _validate.choice("jacobian", jacobian, ("auto", "autograd"))
         del self._config["batch_norm"]

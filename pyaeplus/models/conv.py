@@ -78,6 +78,9 @@ class ConvAE(AutoEncoder):
         loss: ``mse``, ``mae``, ``bce`` (needs sigmoid output), ``ssim``, ``ms_ssim``, ``l1_ssim``.
         batch_norm: BatchNorm2d after every hidden conv.
         data_range: value range of the images for the SSIM losses.
+        loss_options: keyword arguments of the SSIM-family loss module (``win_size``,
+            ``win_sigma``, ``padding``, ``window``, ``K``; ``alpha`` for ``l1_ssim``; ``weights``
+            for ``ms_ssim``), JSON-able. E.g. ``{"win_size": 7, "padding": "reflect"}``.
 
     Shapes:
         ``encode``: (B, C, H, W) -> (B, d) (or (B, channels[-1], H_L, W_L)); ``decode``: back to
@@ -88,7 +91,7 @@ class ConvAE(AutoEncoder):
                  input_shape: Sequence[int] | None = None, kernel_size: int = 3, padding_mode: str = "zeros",
                  pool: str = "max", upsample: str = "nearest", activation: str = "relu",
                  output_activation: str | None = None, loss: str = "mse", batch_norm: bool = False,
-                 data_range: float = 1.0):
+                 data_range: float = 1.0, loss_options: dict | None = None):
         super().__init__()
         in_channels = _validate.integer("in_channels", in_channels, lo=1)
         channels = int_list("channels", channels, allow_empty=False)
@@ -112,7 +115,7 @@ class ConvAE(AutoEncoder):
                             kernel_size=kernel_size, padding_mode=padding_mode, pool=pool, upsample=upsample,
                             activation=activation, output_activation=output_activation, loss=loss,
                             batch_norm=bool(batch_norm), data_range=self.data_range)
-        self._init_recon(loss, shape, shape)
+        self._config["loss_options"] = self._init_recon(loss, shape, shape, loss_options)
         self.latent = latent
 
         def conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:

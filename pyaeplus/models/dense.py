@@ -59,6 +59,9 @@ class DenseAE(AutoEncoder):
             given as (B, C, H, W) or (B, F) and reconstructions come back in the same shape.
         batch_norm: BatchNorm1d after each hidden layer.
         dropout: dropout probability after each hidden layer.
+        loss_options: keyword arguments of the SSIM-family loss module (``win_size``,
+            ``win_sigma``, ``padding``, ``window``, ``K``, ``data_range``; ``alpha`` for
+            ``l1_ssim``; ``weights`` for ``ms_ssim``), JSON-able.
 
     Shapes:
         ``encode``: (B, F) or (B, *input_shape) -> (B, d); ``decode``: (B, d) -> (B, *input_shape)
@@ -68,7 +71,8 @@ class DenseAE(AutoEncoder):
     def __init__(self, in_features: int, hidden: Sequence[int] = (256, 64), latent: int = 32, *,
                  activation: str = "relu", output_activation: str | None = None,
                  latent_activation: str | None = None, loss: str = "mse",
-                 input_shape: Sequence[int] | None = None, batch_norm: bool = False, dropout: float = 0.0):
+                 input_shape: Sequence[int] | None = None, batch_norm: bool = False, dropout: float = 0.0,
+                 loss_options: dict | None = None):
         super().__init__()
         in_features = _validate.integer("in_features", in_features, lo=1)
         hidden = int_list("hidden", hidden)
@@ -91,8 +95,9 @@ class DenseAE(AutoEncoder):
                             input_shape=None if input_shape is None else list(input_shape),
                             batch_norm=bool(batch_norm), dropout=dropout)
         self.in_features, self.latent = in_features, latent
-        self._init_recon(loss, shape if shape is not None else (in_features,),
-                         shape if shape is not None and len(shape) == 3 else None)
+        self._config["loss_options"] = self._init_recon(
+            loss, shape if shape is not None else (in_features,),
+            shape if shape is not None and len(shape) == 3 else None, loss_options)
         self.encoder = mlp([in_features, *hidden, latent], activation, last_act=False,
                            batch_norm=batch_norm, dropout=dropout)
         self.latent_act = nn.Identity() if latent_activation is None else make_activation(latent_activation)

@@ -177,7 +177,7 @@ class LaplacianAE(AutoEncoder):
         zd = _dense_latent(z, getattr(self.base, "latent", None))
         lap = self.regularizer(zd.float() if zd.dtype in (torch.float16, torch.bfloat16) else zd, sub)
         out = {k: v for k, v in terms.items() if k != "loss"}
-        out.update(loss=terms["loss"] + lap, laplacian=lap.detach(), edges=torch.tensor(float(sub.nnz)))
+        out.update(loss=terms["loss"] + lap, laplacian=lap.detach(), edges=torch.tensor(float(sub.nnz), device=lap.device))
         return out
 
     @torch.no_grad()

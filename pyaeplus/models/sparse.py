@@ -52,6 +52,7 @@ class SparseAE(AutoEncoder):
         loss: reconstruction loss name (``bce`` needs ``output_activation="sigmoid"``).
         output_activation: ``None``, ``"sigmoid"`` or ``"tanh"``.
         input_shape: per-sample input shape (for image losses and reshaped outputs).
+        loss_options: keyword arguments of the SSIM-family loss module (see :class:`DenseAE`).
 
     Shapes:
         ``encode``: x (B, F) -> top-k: ``TopKResult(values (B, k'), indices (B, k'))``, else
@@ -63,7 +64,7 @@ class SparseAE(AutoEncoder):
                  k_eval: int | None = None, alpha: float | None = None, aux_k: int | None = None,
                  aux_coef: float = 1 / 32, dead_steps: int = 100, l1: float = 1e-3, rho: float = 0.05,
                  beta: float = 1.0, loss: str = "mse", output_activation: str | None = None,
-                 input_shape: Sequence[int] | None = None):
+                 input_shape: Sequence[int] | None = None, loss_options: dict | None = None):
         super().__init__()
         in_features = _validate.integer("in_features", in_features, lo=1)
         latent = _validate.integer("latent", latent, lo=1)
@@ -93,8 +94,9 @@ class SparseAE(AutoEncoder):
                             l1=self.l1, rho=self.rho, beta=self.beta, loss=loss,
                             output_activation=output_activation,
                             input_shape=None if shape is None else list(shape))
-        self._init_recon(loss, shape if shape is not None else (in_features,),
-                         shape if shape is not None and len(shape) == 3 else None)
+        self._config["loss_options"] = self._init_recon(
+            loss, shape if shape is not None else (in_features,),
+            shape if shape is not None and len(shape) == 3 else None, loss_options)
         self.in_features, self.latent, self.sparsity = in_features, latent, sparsity
         self.k, self.aux_k = k, aux_k
         self.encoder = nn.Linear(in_features, latent)

@@ -276,7 +276,8 @@ class DeepSVDD(AutoEncoder):
             self.update_radius(loader)
 
     # ---- autoencoder pre-training ---------------------------------------------------------
-    def pretrain_autoencoder(self, *, output_activation: str | None = "sigmoid", loss: str = "mse") -> "DeepSVDDAutoEncoder":
+    def pretrain_autoencoder(self, *, output_activation: str | None = "sigmoid", loss: str = "mse",
+                             loss_options: dict | None = None) -> "DeepSVDDAutoEncoder":
         """An autoencoder whose encoder is this model's network φ (shared, not copied) and whose
         decoder mirrors it (bias-free too). Training it initialises Deep SVDD in place; an
         autoencoder restored separately can be loaded with ``load_pretrained``.
@@ -284,11 +285,13 @@ class DeepSVDD(AutoEncoder):
         Args:
             output_activation: decoder output activation (``"sigmoid"`` for data in [0, 1]).
             loss: reconstruction loss name.
+            loss_options: options of the SSIM-family loss module.
 
         Returns:
             the :class:`DeepSVDDAutoEncoder`.
         """
-        return DeepSVDDAutoEncoder(**self._net_args, output_activation=output_activation, loss=loss, _net=self.net)
+        return DeepSVDDAutoEncoder(**self._net_args, output_activation=output_activation, loss=loss,
+                                   loss_options=loss_options, _net=self.net)
 
     @torch.no_grad()
     def load_pretrained(self, ae: "DeepSVDDAutoEncoder") -> None:
@@ -311,6 +314,7 @@ class DeepSVDDAutoEncoder(AutoEncoder):
         input_shape, arch, channels, kernel_size, hidden, rep_dim, leaky_slope: as :class:`DeepSVDD`.
         output_activation: ``None``, ``"sigmoid"`` or ``"tanh"``.
         loss: reconstruction loss name.
+        loss_options: options of the SSIM-family loss module.
 
     Shapes: ``encode``: (B, *input_shape) -> (B, rep_dim); ``decode``: back; ``score``: (B,).
     """
@@ -318,7 +322,7 @@ class DeepSVDDAutoEncoder(AutoEncoder):
     def __init__(self, input_shape: Sequence[int], *, arch: str = "lenet", channels: Sequence[int] = (8, 4),
                  kernel_size: int = 5, hidden: Sequence[int] = (128, 64), rep_dim: int = 32,
                  leaky_slope: float = 0.01, output_activation: str | None = "sigmoid", loss: str = "mse",
-                 _net: Any = None):
+                 loss_options: dict | None = None, _net: Any = None):
         super().__init__()
         shape, channels, kernel_size, hidden, rep_dim, slope = _svdd_args(
             input_shape, arch, channels, kernel_size, hidden, rep_dim, leaky_slope)
@@ -328,7 +332,7 @@ class DeepSVDDAutoEncoder(AutoEncoder):
         self._config = dict(input_shape=list(shape), arch=arch, channels=channels, kernel_size=kernel_size,
                             hidden=hidden, rep_dim=rep_dim, leaky_slope=slope,
                             output_activation=output_activation, loss=loss)
-        self._init_recon(loss, shape, shape if len(shape) == 3 else None)
+        self._config["loss_options"] = self._init_recon(loss, shape, shape if len(shape) == 3 else None, loss_options)
         self.net = _net if _net is not None else _SVDDNet(shape, arch, channels, kernel_size, hidden, rep_dim, slope)
         pad = kernel_size // 2
         if arch == "lenet":
