@@ -386,10 +386,15 @@ def test_deep_svdd_soft_boundary_radius_is_the_quantile():
     m.init_center(x)
     m.on_epoch_end(0, [x])
     assert float(m.R) == 0.0                       # still warming up
+    bn_before = {k: v.clone() for k, v in m.state_dict().items() if "running" in k}
     m.on_epoch_end(1, [x[:25], x[25:]])
+    for k, v in bn_before.items():                 # the update leaves BatchNorm's running stats alone
+        assert torch.equal(m.state_dict()[k], v)
     m.eval()
     with torch.no_grad():
-        d = (m(x) - m.c).square().sum(1).sqrt()
+        m.train()                                  # R is taken from training-mode distances, batch by batch
+        d = torch.cat([(m(b) - m.c).square().sum(1).sqrt() for b in (x[:25], x[25:])])
+        m.load_state_dict({**m.state_dict(), **bn_before})
     expect = torch.quantile(d.double(), 0.8)
     assert float(m.R) > 0
     assert math.isclose(float(m.R), float(expect), rel_tol=1e-5)
@@ -400,11 +405,15 @@ def test_deep_svdd_soft_boundary_radius_is_the_quantile():
     m.on_epoch_end(2, [x])                         # not an update epoch (every 2 after warm-up)
     assert float(m.R) == r
     m.on_epoch_end(3, [x])
-    m.eval()
-    with torch.no_grad():
-        d = (m(x) - m.c).square().sum(1).sqrt()
     assert float(m.R) != r
+    with torch.no_grad():
+        d = (m(x) - m.c).square().sum(1).sqrt()    # training mode, one batch
+        m.load_state_dict({**m.state_dict(), **bn_before})
     assert math.isclose(float(m.R), float(torch.quantile(d.double(), 0.8)), rel_tol=1e-5)
+    assert math.isclose(m.update_radius(x, mode="eval"),
+                        float(torch.quantile(m.eval()._distances(x).sqrt().double(), 0.8)), rel_tol=1e-5)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        m.update_radius(x, mode="test")
     # loss = R² + 1/ν · mean(max(0, d² − R²)); score = d² − R²
     m.train()
     assert float(m.loss(x)["radius"]) == float(m.R)

@@ -205,13 +205,20 @@ class DeepSVDD(AutoEncoder):
 
     # ---- centre and radius ----------------------------------------------------------------
     @torch.no_grad()
-    def _distances(self, data) -> torch.Tensor:
+    def _distances(self, data, mode: str = "eval") -> torch.Tensor:
+        """Distances over ``data`` with the network in ``mode``; "train" uses batch statistics in
+        BatchNorm (as the loss sees them) and restores the running statistics afterwards."""
         was = self.training
-        self.eval()
+        bn = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in bn] if mode == "train" else None
+        self.train(mode == "train")
         try:
             return torch.cat([self.distance(x.to(self.c.device)) for x in _batches(data)])
         finally:
             self.train(was)
+            if saved is not None:
+                for m, st in zip(bn, saved):
+                    m.load_state_dict(st)
 
     @torch.no_grad()
     def init_center(self, data, eps: float | None = None) -> torch.Tensor:
@@ -247,13 +254,20 @@ class DeepSVDD(AutoEncoder):
         return self.c.clone()
 
     @torch.no_grad()
-    def update_radius(self, data) -> float:
+    def update_radius(self, data, mode: str = "train") -> float:
         """Set R to the (1 − ν)-quantile of ‖φ(x) − c‖ over ``data`` (Ruff et al.'s update).
+
+        Args:
+            data: a tensor of inputs or an iterable of batches.
+            mode: ``"train"`` (default): distances as the training loss sees them (BatchNorm on
+                batch statistics, as Ruff et al. take R from the training batches; running
+                statistics are left untouched), or ``"eval"``.
 
         Returns:
             the new R.
         """
-        d = self._distances(data)
+        _validate.choice("mode", mode, ("train", "eval"))
+        d = self._distances(data, mode)
         if d.numel() == 0:
             raise ValueError("data must contain at least one sample to update the radius")
         r = torch.quantile(d.sqrt().double(), 1.0 - self.nu)
