@@ -52,6 +52,305 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- train / demo (pyaeplus/train.py, pyaeplus/data) -----------------------------------
+
+def _read_config_file(path: str) -> dict:
+    import pathlib
+
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise SystemExit(f"pyaeplus train: config file {p} not found")
+    text = p.read_text()
+    if p.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise SystemExit(f"pyaeplus train: {p} is YAML but PyYAML is not installed "
+                             "(pip install pyyaml, or write the same keys as JSON)") from None
+        cfg = yaml.safe_load(text)
+    else:
+        try:
+            cfg = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"pyaeplus train: {p} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise SystemExit(f"pyaeplus train: {p} must hold a mapping of settings, got {type(cfg).__name__}")
+    return cfg
+
+
+def _json_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import run
+
+    cfg = _read_config_file(args.config) if args.config else {}
+    flags = {
+        "model": args.model, "data": args.data, "split": args.split, "val_data": args.val_data,
+        "val_split": args.val_split, "normalize": args.normalize, "epochs": args.epochs,
+        "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay, "device": args.device, "seed": args.seed,
+        "checkpoint_dir": args.out, "log_dir": args.log_dir, "patience": args.patience,
+        "num_workers": args.num_workers, "grad_clip": args.grad_clip,
+    }
+    cfg.update({k: v for k, v in flags.items() if v is not None})
+    if args.model_config is not None:
+        mc = _json_value(args.model_config)
+        if not isinstance(mc, dict):
+            raise SystemExit(f"pyaeplus train: --model-config must be a JSON object, got {args.model_config!r}")
+        cfg["model_config"] = {**cfg.get("model_config", {}), **mc}
+    opts = dict(cfg.get("data_options") or {})
+    for item in args.data_option or []:
+        if "=" not in item:
+            raise SystemExit(f"pyaeplus train: --data-option must be KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        opts[k] = _json_value(v)
+    if args.classes is not None:
+        opts["classes"] = [int(c) for c in args.classes.split(",")]
+    if opts:
+        cfg["data_options"] = opts
+    if args.amp is not None:
+        cfg["amp"] = {"auto": True, "off": False}.get(args.amp, args.amp)
+    if args.resume:
+        cfg["resume"] = True
+    if args.no_progress:
+        cfg["progress"] = False
+    cfg.setdefault("checkpoint_dir", "runs/" + str(cfg.get("model", "model")))
+    try:
+        result = run(cfg)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"pyaeplus train: {e}", file=sys.stderr)
+        return 2
+    last = result.history[-1] if result.history else None
+    if last is not None:
+        summary = " ".join(f"{k}={v:.5g}" for k, v in last["train"].items())
+        if last["val"]:
+            summary += " | val " + " ".join(f"{k}={v:.5g}" for k, v in last["val"].items())
+        print(f"trained {len(result.history)} epoch(s): {summary}")
+    if result.best_epoch is not None:
+        print(f"best validation loss {result.best_val_loss:.5g} at epoch {result.best_epoch + 1}"
+              + (" (stopped early)" if result.stopped_early else ""))
+    print(f"checkpoint: {result.checkpoint}  (pyaeplus.checkpoint.load_model({str(result.checkpoint)!r}))")
+    return 0
+
+
+def _add_train_parser(sub) -> None:
+    s = sub.add_parser("train", help="train a model of the zoo on a dataset (--config run.json and/or flags)",
+                       description="Train any model of pyaeplus.models on any loader of pyaeplus.data. Settings "
+                                   "come from --config (JSON; YAML when PyYAML is installed) and flags, flags "
+                                   "winning. Example: pyaeplus train --model dense --data ecg5000:../shared/data "
+                                   "--normalize minmax --model-config '{\"hidden\": [32, 16], \"latent\": 8}'")
+    s.add_argument("--config", help="run settings file (.json, or .yaml/.yml with PyYAML): keys as pyaeplus.train.run")
+    s.add_argument("--model", help="model name (pyaeplus.models.MODELS), e.g. dense, conv, vae")
+    s.add_argument("--model-config", help="JSON object of model arguments (input size filled from the data)")
+    s.add_argument("--data", help="KIND:PATH, KIND in mnist, fashion-mnist, kmnist, ecg5000, ucr, csv, images, npy")
+    s.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="loader option (JSON value), repeatable")
+    s.add_argument("--classes", help="comma-separated labels to keep (e.g. 0 for one-class training on digit 0)")
+    s.add_argument("--split", help="training split (default train)")
+    s.add_argument("--val-data", help="validation KIND:PATH")
+    s.add_argument("--val-split", help="validation split of --data (e.g. test)")
+    s.add_argument("--normalize", choices=["minmax", "gcn", "gcn+minmax", "none"],
+                   help="normalization fitted on the training data")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop"])
+    s.add_argument("--weight-decay", type=float)
+    s.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision (auto: on CUDA only)")
+    s.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--out", help="checkpoint folder (default runs/<model>)")
+    s.add_argument("--resume", action="store_true", help="continue from the LATEST checkpoint in --out")
+    s.add_argument("--log-dir", help="TensorBoard folder (needs tensorboard)")
+    s.add_argument("--patience", type=int, help="early stopping patience in epochs (needs validation data)")
+    s.add_argument("--num-workers", type=int)
+    s.add_argument("--grad-clip", type=float)
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=_cmd_train)
+
+
+def _demo_data(args):
+    """(train x (N,1,H,W) normal only, test x, test labels 1 = anomaly, description)."""
+    import torch
+
+    from . import data as D
+
+    n_train, n_test = (768, 400) if args.quick else (3000, 1000)
+    if args.data is None:
+        train = D.synthetic_anomalies(n_train, anomaly_fraction=0.0, seed=args.seed)
+        test = D.synthetic_anomalies(n_test, anomaly_fraction=0.2, seed=args.seed + 1)
+        xt, yt = test.tensors()
+        return train.tensors()[0], xt, yt, (f"generated 28x28 images: {n_train} normal for training, {n_test} for "
+                                            f"testing of which {int(yt.sum())} have a scratch/checker/ring defect")
+    kind = args.data.split(":", 1)[0]
+    if kind not in ("mnist", "fashion-mnist", "kmnist"):
+        raise ValueError(f"--data must be mnist:ROOT, fashion-mnist:ROOT or kmnist:ROOT, got {args.data!r}")
+    c = args.normal_class
+    train = D.open_dataset(args.data, split="train", classes=[c])
+    test = D.open_dataset(args.data, split="test")
+    g = torch.Generator().manual_seed(args.seed)
+    tr_idx = torch.randperm(len(train), generator=g)[:n_train]
+    te_idx = torch.randperm(len(test), generator=g)[:n_test]
+    xt, yt = test.get_batch(te_idx)
+    labels = (yt != c).long()
+    return (train.get_batch(tr_idx)[0], xt, labels,
+            f"{kind}: {len(tr_idx)} training images of class {c}; {len(te_idx)} test images, the "
+            f"{int(labels.sum())} of other classes are the anomalies")
+
+
+def _demo_plots(out, x, recon, scores, labels, lat_scores):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.metrics import roc_curve
+
+    s, y = scores.numpy(), labels.numpy().astype(bool)
+    paths = {}
+    # reconstructions: the 8 most normal-looking normals and the 8 highest-scored anomalies
+    order = np.argsort(s)
+    normals = [i for i in order if not y[i]][:8]
+    anomalies = [i for i in order[::-1] if y[i]][:8]
+    cols = normals + anomalies
+    fig, ax = plt.subplots(3, len(cols), figsize=(len(cols) * 0.9, 3.2))
+    for j, i in enumerate(cols):
+        for r, (img, cmap) in enumerate(((x[i, 0], "gray"), (recon[i, 0], "gray"),
+                                         ((x[i, 0] - recon[i, 0]).abs(), "magma"))):
+            ax[r, j].imshow(img.numpy(), cmap=cmap, vmin=0, vmax=1)
+            ax[r, j].set_xticks([])
+            ax[r, j].set_yticks([])
+        ax[0, j].set_title(f"{'anom' if y[i] else 'norm'}\n{s[i]:.3f}", fontsize=6)
+    for r, name in enumerate(("input", "recon", "|diff|")):
+        ax[r, 0].set_ylabel(name, fontsize=7)
+    fig.tight_layout()
+    paths["reconstructions"] = out / "reconstructions.png"
+    fig.savefig(paths["reconstructions"], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    bins = np.linspace(s.min(), s.max(), 40)
+    ax.hist(s[~y], bins=bins, alpha=0.6, label=f"normal ({(~y).sum()})", density=True)
+    ax.hist(s[y], bins=bins, alpha=0.6, label=f"anomalous ({y.sum()})", density=True)
+    ax.set_xlabel("anomaly score (1 - SSIM)")
+    ax.set_ylabel("density")
+    ax.legend()
+    fig.tight_layout()
+    paths["histogram"] = out / "score_histogram.png"
+    fig.savefig(paths["histogram"], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for name, sc in (("1 - SSIM", s), ("latent k-NN distance", lat_scores.numpy())):
+        fpr, tpr, _ = roc_curve(y, sc)
+        ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    paths["roc"] = out / "roc.png"
+    fig.savefig(paths["roc"], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import pathlib
+    import time
+
+    import torch
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from .data import WithIndex
+    from .models import LaplacianAE
+    from .train import fit
+
+    t0 = time.perf_counter()
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        x_train, x_test, labels, what = _demo_data(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"pyaeplus demo: {e}", file=sys.stderr)
+        return 2
+    print(f"data: {what}")
+
+    # k-NN graph of the training images: the Laplacian term pulls neighbours' latents together.
+    graph = LaplacianAE.knn_graph_of(x_train, k=10)
+    torch.manual_seed(args.seed)
+    base = {"name": "conv", "config": {"in_channels": 1, "channels": [16, 32], "latent": 32,
+                                       "input_shape": list(x_train.shape[1:]), "loss": args.loss,
+                                       "output_activation": "sigmoid"}}
+    model = LaplacianAE(base, lam=args.lam, graph=graph)
+    epochs = args.epochs or (4 if args.quick else 15)
+    t1 = time.perf_counter()
+    print(f"model: LaplacianAE(ConvAE [16, 32] -> 32, loss={args.loss}, lam={args.lam}) on a {graph.num_nodes}-node "
+          f"k=10 graph ({time.perf_counter() - t0:.1f} s so far); training {epochs} epochs")
+    res = fit(model, WithIndex(x_train), epochs=epochs, lr=args.lr, seed=args.seed, device=args.device,
+              batch_sampler=model.sampler(args.batch_size, neighbors=4, seed=args.seed),
+              progress=not args.no_progress, checkpoint_dir=out / "checkpoint", keep_checkpoints=1)
+    t2 = time.perf_counter()
+
+    dev = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        scores, recon, z_test = [], [], []
+        for xb in x_test.split(256):
+            xb = xb.to(dev)
+            scores.append(model.score(xb).float().cpu())
+            z = model.encode(xb)
+            z_test.append(z.flatten(1).float().cpu())
+            recon.append(model.decode(z).float().cpu())
+        scores, recon, z_test = torch.cat(scores), torch.cat(recon), torch.cat(z_test)
+        z_train = torch.cat([model.encode(xb.to(dev)).flatten(1).float().cpu() for xb in x_train.split(256)])
+        # latent score: mean distance to the 5 nearest training latents
+        lat = torch.cat([torch.cdist(zb, z_train).topk(5, largest=False).values.mean(1) for zb in z_test.split(256)])
+    y = labels.numpy()
+    auroc, ap = roc_auc_score(y, scores.numpy()), average_precision_score(y, scores.numpy())
+    auroc_lat, ap_lat = roc_auc_score(y, lat.numpy()), average_precision_score(y, lat.numpy())
+    paths = _demo_plots(out, x_test, recon, scores, labels, lat)
+    results = {"auroc": auroc, "ap": ap, "auroc_latent": auroc_lat, "ap_latent": ap_lat,
+               "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]), "n_anomalies": int(labels.sum()),
+               "epochs": epochs, "final_train_loss": res.history[-1]["train"]["loss"],
+               "train_seconds": t2 - t1, "total_seconds": time.perf_counter() - t0, "data": what,
+               "plots": {k: str(v) for k, v in paths.items()}, "checkpoint": str(res.checkpoint)}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"anomaly score 1 - SSIM      : AUROC {auroc:.4f}  AP {ap:.4f}")
+    print(f"latent 5-NN distance        : AUROC {auroc_lat:.4f}  AP {ap_lat:.4f}")
+    print(f"trained in {t2 - t1:.1f} s, total {results['total_seconds']:.1f} s")
+    print(f"plots  : {', '.join(str(p) for p in paths.values())}")
+    print(f"results: {out / 'results.json'}   checkpoint: {res.checkpoint}")
+    return 0
+
+
+def _add_demo_parser(sub) -> None:
+    s = sub.add_parser("demo", help="train a conv Laplacian autoencoder with the SSIM loss and find anomalies",
+                       description="With no arguments: generates 28x28 images (no download), builds a k-NN graph, "
+                                   "trains a convolutional Laplacian autoencoder with the SSIM loss on "
+                                   "neighbour-sampled batches, scores a test set with 1 - SSIM and latent k-NN "
+                                   "distance, prints AUROC/AP and writes plots. --data mnist:ROOT (or "
+                                   "fashion-mnist/kmnist) runs the one-class benchmark on real data instead.")
+    s.add_argument("--data", help="mnist:ROOT, fashion-mnist:ROOT or kmnist:ROOT (default: generated images)")
+    s.add_argument("--normal-class", type=int, default=0, help="with --data: the class trained on (default 0)")
+    s.add_argument("--quick", action="store_true", help="small sizes and 4 epochs (the CI smoke run)")
+    s.add_argument("--epochs", type=int, help="default 15 (4 with --quick)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--lam", type=float, default=0.1, help="Laplacian weight")
+    s.add_argument("--loss", default="ssim", choices=["ssim", "l1_ssim", "ms_ssim", "mse"],
+                   help="reconstruction loss (default ssim, the fused kernels)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="pyaeplus-demo", help="output folder for plots, results and the checkpoint")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pyaeplus", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -65,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_bench)
 
     # ---- train / demo (pyaeplus/train.py, pyaeplus/data) -----------------------------------
+    _add_train_parser(sub)
+    _add_demo_parser(sub)
 
     # ---- knn-graph / score --------------------------------------------------------------------
 

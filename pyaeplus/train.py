@@ -33,7 +33,7 @@ from . import checkpoint as ckpt
 from ._validate import choice, integer, number
 from .data.base import as_dataset
 
-__all__ = ["fit", "FitResult", "OPTIMIZERS"]
+__all__ = ["fit", "run", "FitResult", "OPTIMIZERS"]
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -227,7 +227,7 @@ def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128
         min_delta: float = 0.0, restore_best: bool = True, batch_sampler=None, shuffle: bool = True,
         drop_last: bool = False, num_workers: int = 0, grad_clip: float | None = None,
         keep_checkpoints: int = 2, on_step: Callable[[int, dict[str, float]], None] | None = None,
-        ) -> FitResult:
+        metadata: dict[str, Any] | None = None) -> FitResult:
     """Train ``model`` on ``train_data``.
 
     Args:
@@ -268,6 +268,8 @@ def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128
         grad_clip: clip the global gradient norm to this value.
         keep_checkpoints: how many ``epoch-NNNN`` folders to keep (the BEST one is always kept).
         on_step: ``on_step(step, terms)`` after each optimizer step (rank 0 and others alike).
+        metadata: JSON-able dict stored in each checkpoint's ``config.json`` under ``"metadata"``
+            (e.g. the data spec and the fitted normalization, to score with the same preprocessing).
 
     Returns:
         FitResult (model, per-epoch history, best epoch/loss, whether it stopped early, last checkpoint).
@@ -330,7 +332,7 @@ def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128
                     resume=resume, writer_cls=writer_cls, log_dir=log_dir, progress=progress, patience=patience,
                     min_delta=min_delta, restore_best=restore_best, batch_sampler=batch_sampler,
                     shuffle=shuffle, drop_last=drop_last, num_workers=num_workers, grad_clip=grad_clip,
-                    keep_checkpoints=keep_checkpoints, on_step=on_step)
+                    keep_checkpoints=keep_checkpoints, on_step=on_step, metadata=metadata)
     finally:
         if own_pg:
             dist.destroy_process_group()
@@ -354,7 +356,7 @@ def _gather_rng(world: int) -> list[dict[str, torch.Tensor]]:
 def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimizer_kwargs, weight_decay, loss,
          amp_dtype, device, seed, rank, world, checkpoint_dir, resume, writer_cls, log_dir, progress, patience,
          min_delta, restore_best, batch_sampler, shuffle, drop_last, num_workers, grad_clip, keep_checkpoints,
-         on_step) -> FitResult:
+         on_step, metadata) -> FitResult:
     from tqdm.auto import tqdm
 
     model.to(device)
@@ -499,7 +501,8 @@ def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimize
                     "fit": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
                             "weight_decay": weight_decay, "seed": seed, "shuffle": shuffle, "drop_last": drop_last,
                             "amp": None if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
-                            "grad_clip": grad_clip}}}
+                            "grad_clip": grad_clip}},
+                    "metadata": metadata}
                 last_ckpt = ckpt.save_checkpoint(checkpoint_dir / f"epoch-{epoch + 1:04d}", model, optimizer=opt,
                                                  optimizer_name=optimizer, scaler=scaler, rng=rng, state=state)
                 ckpt.point(checkpoint_dir, "LATEST", last_ckpt)
@@ -568,3 +571,111 @@ def _prune(run_dir: pathlib.Path, keep: int) -> None:
     for p in folders[:-keep]:
         if p.name not in protect:
             shutil.rmtree(p, ignore_errors=True)
+
+
+# ---- config-driven runs (``pyaeplus train``) ----------------------------------------------
+
+RUN_KEYS = ("model", "model_config", "data", "data_options", "split", "val_data", "val_split", "normalize",
+            "graph", "epochs", "batch_size", "lr", "optimizer", "optimizer_kwargs", "weight_decay", "amp", "device", "seed",
+            "checkpoint_dir", "resume", "log_dir", "progress", "patience", "min_delta", "num_workers", "grad_clip",
+            "keep_checkpoints", "shuffle", "drop_last")
+
+
+def _zoo():
+    from . import models
+
+    return models
+
+
+def _infer_model_config(cls, cfg: dict, sample_shape: tuple[int, ...]) -> dict:
+    """Fill the input-size arguments a model needs from the data: ``in_features`` (features per
+    sample), ``in_channels`` and ``input_shape`` (image data); given values are kept."""
+    import inspect
+
+    cfg = dict(cfg)
+    base = cfg.get("base")
+    if isinstance(base, dict) and base.get("name") in _zoo().MODELS:  # wrappers: fill the wrapped model's size
+        sub = _zoo().MODELS[base["name"]]
+        cfg["base"] = {**base, "config": _infer_model_config(sub, base.get("config") or {}, sample_shape)}
+    params = inspect.signature(cls).parameters
+    free = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    conv = cfg.get("arch") == "conv"
+    image = len(sample_shape) == 3
+
+    def wants(name):
+        return name not in cfg and (name in params or free)
+
+    if wants("in_features") and ("in_features" in params or (free and not conv)):
+        cfg["in_features"] = int(np.prod(sample_shape))
+    if image and wants("in_channels") and ("in_channels" in params or conv):
+        cfg["in_channels"] = int(sample_shape[0])
+    if wants("input_shape") and (image or "input_shape" in params and params["input_shape"].default is
+                                 inspect.Parameter.empty):
+        cfg["input_shape"] = list(sample_shape)
+    return cfg
+
+
+def run(config: dict[str, Any]) -> FitResult:
+    """Train a model of the zoo on a named dataset from one JSON-able dict (what ``pyaeplus train``
+    reads from ``--config`` and flags).
+
+    Args:
+        config: ``model`` (a name in ``pyaeplus.models.MODELS``), ``model_config`` (constructor
+            arguments; the input size is filled in from the data when missing), ``data``
+            (``"<kind>:<path>"``, see ``pyaeplus.data.open_dataset``), ``data_options``, ``split``
+            (default ``"train"``), ``val_data`` (a spec) or ``val_split`` (another split of ``data``),
+            ``normalize`` (``"minmax"``, ``"gcn"``, ``"gcn+minmax"``; fitted on the training data),
+            ``graph`` (model ``"laplacian"`` only: ``knn_graph_of`` arguments such as ``k``, ``metric``,
+            plus ``neighbors`` per anchor for the ``NeighborBatchSampler``), ``checkpoint_dir``, and any ``fit`` keyword (``epochs``, ``batch_size``, ``lr`` ...).
+
+    Returns:
+        FitResult of ``fit``.
+    """
+    from . import data as D
+    from . import models
+
+    unknown = sorted(set(config) - set(RUN_KEYS))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; known: {list(RUN_KEYS)}")
+    for key in ("model", "data"):
+        if not config.get(key):
+            raise ValueError(f"config needs {key!r}")
+    if config["model"] not in models.MODELS:
+        raise ValueError(f"model must be one of {tuple(sorted(models.MODELS))}, got {config['model']!r}")
+    opts = dict(config.get("data_options") or {})
+    train_ds = D.open_dataset(config["data"], split=config.get("split", "train"), **opts)
+    val_ds = None
+    if config.get("val_data"):
+        val_ds = D.open_dataset(config["val_data"], split=config.get("val_split") or "test", **opts)
+    elif config.get("val_split"):
+        val_ds = D.open_dataset(config["data"], split=config["val_split"], **opts)
+    D.normalize(config.get("normalize"), train_ds, *([val_ds] if val_ds is not None else []))
+    sample = train_ds[0][0]
+    cls = models.MODELS[config["model"]]
+    model = cls(**_infer_model_config(cls, config.get("model_config") or {}, tuple(sample.shape)))
+    kw = {k: config[k] for k in RUN_KEYS[9:] if k in config}
+    meta = {"run": config, "normalization": _describe_transform(getattr(train_ds, "transform", None))}
+    if config["model"] == "laplacian":
+        # The regularizer needs a graph over the training rows and batches that hold its edges.
+        if val_ds is not None:
+            raise ValueError("val_data/val_split cannot be used with model 'laplacian': validation samples are "
+                             "not nodes of the training graph")
+        g = dict(config.get("graph") or {})
+        neighbors = int(g.pop("neighbors", 5))
+        feats = train_ds.get_batch(torch.arange(len(train_ds)))[0] if hasattr(train_ds, "get_batch") else \
+            torch.stack([train_ds[i][0] for i in range(len(train_ds))])
+        model.set_graph(model.knn_graph_of(feats, **{"k": 10, **g}))
+        sampler = model.sampler(kw.get("batch_size", 128), neighbors=neighbors, seed=kw.get("seed", 0))
+        return fit(model, D.WithIndex(train_ds), batch_sampler=sampler, metadata=meta, **kw)
+    return fit(model, train_ds, val_data=val_ds, metadata=meta, **kw)
+
+
+def _describe_transform(t) -> dict | None:
+    if t is None:
+        return None
+    if hasattr(t, "state_dict"):
+        return {"type": type(t).__name__, **t.state_dict()}
+    fs = getattr(t, "fs", None)
+    if fs is not None:
+        return {"type": "chain", "steps": [_describe_transform(f) for f in fs]}
+    return {"type": type(t).__name__, **{k: v for k, v in vars(t).items() if isinstance(v, (str, int, float))}}

@@ -408,3 +408,56 @@ def test_array_dataset_and_with_index():
         D.as_dataset(torch.ones(3, 2, dtype=torch.int64))
     with pytest.raises(TypeError, match="data"):
         D.as_dataset(42)
+
+
+# ---- generated anomalies and datasets by name ----------------------------------------------
+
+def test_synthetic_anomalies():
+    ds = D.synthetic_anomalies(200, anomaly_fraction=0.25, seed=3)
+    x, y = ds.tensors()
+    assert x.shape == (200, 1, 28, 28) and x.dtype == torch.float32
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert int(y.sum()) == 50 and ((ds.kinds >= 0) == (y == 1)).all()
+    assert set(ds.kinds[y == 1].tolist()) == {0, 1, 2}
+    again = D.synthetic_anomalies(200, anomaly_fraction=0.25, seed=3)
+    torch.testing.assert_close(again.tensors()[0], x, rtol=0, atol=0)
+    assert not torch.equal(D.synthetic_anomalies(200, anomaly_fraction=0.25, seed=4).tensors()[0], x)
+    # a defect changes a small area, not the whole image
+    normal = D.synthetic_anomalies(200, anomaly_fraction=0.0, seed=3).tensors()[0]
+    diff = (normal - x).abs().flatten(1).gt(0.05).sum(1)
+    assert int(diff[y == 0].max()) == 0
+    assert 5 <= float(diff[y == 1].float().median()) <= 80
+    only = D.synthetic_anomalies(40, anomaly_fraction=1.0, kinds=("ring",), size=20, seed=0)
+    assert (only.kinds == 2).all() and only.tensors()[0].shape == (40, 1, 20, 20)
+    for kw, match in ((dict(n=0), "n"), (dict(n=5, anomaly_fraction=1.5), "anomaly_fraction"),
+                      (dict(n=5, size=8), "size"), (dict(n=5, kinds=("hole",)), "kinds")):
+        with pytest.raises(ValueError, match=match):
+            D.synthetic_anomalies(**kw)
+
+
+def test_open_dataset_and_normalize(data_root, tmp_path):
+    ds = D.open_dataset(f"fashion-mnist:{data_root}", split="test", classes=[0])
+    assert len(ds) == 1000
+    ecg = D.open_dataset(f"ecg5000:{data_root}")
+    assert len(ecg) == 500
+    np.save(tmp_path / "a.npy", np.ones((3, 2), np.float32))
+    assert len(D.open_dataset(f"npy:{tmp_path / 'a.npy'}")) == 3
+    with pytest.raises(ValueError, match="kind"):
+        D.open_dataset("cifar:/x")
+    with pytest.raises(ValueError, match="<kind>:<path>"):
+        D.open_dataset("mnist")
+    tr, te = D.ecg5000(data_root), D.ecg5000(data_root)
+    t = D.normalize("minmax", tr, te)
+    assert te.transform is t and float(tr.tensors()[0].max()) == pytest.approx(1.0)
+    gm = D.ecg5000(data_root)
+    D.normalize("gcn+minmax", gm)
+    xg = gm.tensors()[0]
+    assert float(xg.min()) == pytest.approx(0.0, abs=1e-6) and float(xg.max()) == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="normalize"):
+        D.normalize("zscore", tr)
+    (tmp_path / "imgs").mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "imgs" / "a.png")
+    with pytest.raises(TypeError, match="normalize"):
+        D.normalize("minmax", D.ImageFolder(tmp_path / "imgs"))

@@ -10,6 +10,8 @@ from .arrays import MemmapDataset, write_npy
 from .base import ArrayDataset, WithIndex, as_dataset
 from .idx import IDX_DATASETS, IDXDataset, fashion_mnist, kmnist, load_idx_dataset, mnist, read_idx
 from .images import IMAGE_EXTENSIONS, ImageFolder
+from .registry import DATASET_KINDS, normalize, open_dataset
+from .synthetic import ANOMALY_KINDS, synthetic_anomalies
 from .series import SeriesDataset, csv_series, ecg5000, read_ucr, ucr
 from .transforms import GlobalContrast, MinMaxScaler, global_contrast_normalization
 from ._files import md5sum, verify_md5
@@ -22,4 +24,6 @@ __all__ = [
     "MemmapDataset", "write_npy",
     "MinMaxScaler", "global_contrast_normalization", "GlobalContrast",
     "md5sum", "verify_md5",
+    "DATASET_KINDS", "open_dataset", "normalize",
+    "synthetic_anomalies", "ANOMALY_KINDS",
 ]
