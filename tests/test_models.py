@@ -719,3 +719,27 @@ def test_sparse_topk_inference_compiles(backend):
     x = _data(8)
     f = torch.compile(model, fullgraph=True, backend=backend)
     torch.testing.assert_close(f(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+# ---- mixed precision ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["sparse_topk", "conv_max_nearest", "vae_dense", "deep_svdd_dense_soft",
+                                  "deep_ocsvm", "contractive_closed"])
+def test_loss_under_autocast(name):
+    """fit() trains under autocast on GPUs; CPU bfloat16 autocast exercises the same casts."""
+    model = FACTORIES[name]()
+    x = _data(32)
+    if isinstance(model, M.DeepSVDD):
+        model.init_center(x)
+    if isinstance(model, M.SparseAE):
+        model.steps_since_active[::2] = 10 ** 6          # AuxK active too
+    torch.manual_seed(7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.loss(x)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    torch.manual_seed(7)
+    ref = float(model.loss(x)["loss"].detach())
+    assert abs(float(out["loss"].detach()) - ref) <= 0.05 * abs(ref) + 1e-3

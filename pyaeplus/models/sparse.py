@@ -143,8 +143,24 @@ class SparseAE(AutoEncoder):
         v, i = codes
         return torch.zeros(v.shape[0], self.latent, dtype=v.dtype, device=v.device).scatter(1, i, v)
 
+    def _sparse_decode(self, values: torch.Tensor, indices: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """sparse_decode with the decoder's weights in the codes' dtype: under autocast the
+        encoder (a Linear) yields half-precision codes, and autocast itself only casts the
+        operands of the ops it knows, which the fused decoder is not."""
+        from .. import functional as pF
+
+        w, b = self.decoder.weight, self.decoder.bias if bias else None
+        if w.dtype != values.dtype:
+            w, b = w.to(values.dtype), None if b is None else b.to(values.dtype)
+        return pF.sparse_decode(values, indices, w, b)                     # (B, F)
+
     def decode_logits(self, codes) -> torch.Tensor:
         """Decoder output before the output activation, (B, *input_shape)."""
+        if self.sparsity == "topk":
+            if not isinstance(codes, (tuple, list)) or len(codes) != 2:
+                raise TypeError(f"codes must be the (values, indices) pair that encode() returns, got "
+                                f"{type(codes).__name__}")
+            return self._as_feature_shape(self._sparse_decode(*codes))
         return self._as_feature_shape(self.decoder(codes))
 
     def decode(self, codes) -> torch.Tensor:
@@ -174,9 +190,10 @@ class SparseAE(AutoEncoder):
         low = torch.finfo(pre.dtype).min
         masked = torch.where(dead, pre, torch.full_like(pre, low))
         v, i = pF.topk_activation(masked, min(self.aux_k, n_dead), relu=True, output="sparse")
-        aux = pF.sparse_decode(v, i, self.decoder.weight)                   # (B, F), no bias
+        aux = self._sparse_decode(v, i, bias=False).float()                 # (B, F)
+        residual = residual.float()
         num = (aux - residual).square().mean(1)
-        den = residual.square().mean(1).clamp_min(torch.finfo(pre.dtype).tiny)
+        den = residual.square().mean(1).clamp_min(torch.finfo(torch.float32).tiny)
         return (num / den).mean()
 
     def loss(self, batch) -> dict[str, torch.Tensor]:
