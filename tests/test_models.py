@@ -174,6 +174,10 @@ def test_bad_inputs_name_the_argument():
         m.loss(torch.rand(0, 144))
     with pytest.raises(TypeError, match="batch must be"):
         m.loss("abc")
+    with pytest.raises(TypeError, match="x has dtype float64 but the model's parameters are float32"):
+        m.score(torch.rand(3, 144, dtype=torch.float64))
+    with pytest.raises(ValueError, match="x is on cpu but the model is on meta"):
+        M.DenseAE(144, [16], 4).to("meta").loss(torch.rand(3, 144))
     c = M.ConvAE(1, [4], 4, input_shape=(12, 12))
     with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 12, 12\)"):
         c.score(torch.randn(2, 1, 12, 11))

@@ -200,7 +200,17 @@ class AutoEncoder(nn.Module):
 
     def _input(self, batch, name: str = "batch") -> tuple[torch.Tensor, Any]:
         x, extra = split_batch(batch)
-        return check_input(name if not isinstance(batch, torch.Tensor) else "x", x, self.feature_shape), extra
+        name = name if not isinstance(batch, torch.Tensor) else "x"
+        x = check_input(name, x, self.feature_shape)
+        p = next(self.parameters(), None)
+        if p is not None and not _validate._compiling():
+            if p.device != x.device:
+                raise ValueError(f"{name} is on {x.device} but the model is on {p.device}; move one of them")
+            if (p.dtype != x.dtype and p.is_floating_point()
+                    and not torch.is_autocast_enabled(x.device.type)):
+                raise TypeError(f"{name} has dtype {str(x.dtype).replace('torch.', '')} but the model's parameters "
+                                f"are {str(p.dtype).replace('torch.', '')}; convert one of them (or use autocast)")
+        return x, extra
 
     def _as_feature_shape(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], *self.feature_shape)
