@@ -93,7 +93,7 @@ def knn_graph_distributed(x, k, *, metric: str, backend: str, exclude_self: bool
         all_i = [torch.empty(ci.shape, dtype=torch.int64, device=cdev) for _ in range(world)]
         dist.all_gather(all_d, cd.to(cdev))
         dist.all_gather(all_i, ci.to(cdev))
-        md, mi = _knn.sort_candidates(torch.cat([t.cpu() for t in all_d], 1), torch.cat([t.cpu() for t in all_i], 1))
-        out_d[qidx] = md[:, :k]
-        out_i[qidx] = mi[:, :k]
+        md, mi = _knn.sort_candidates(torch.cat([t.cpu() for t in all_d], 1), torch.cat([t.cpu() for t in all_i], 1), k)
+        out_d[qidx] = md
+        out_i[qidx] = mi
     return _knn.KnnGraph(out_i, out_d, metric)

@@ -204,7 +204,7 @@ def pair_distances(metric: str, q: torch.Tensor, c: torch.Tensor) -> torch.Tenso
     (no expanded formula), so identical rows give bit-identical distances."""
     q = q.unsqueeze(1)
     if metric in ("l2", "hellinger"):
-        return (q - c).square().sum(-1).sqrt()
+        return torch.linalg.vector_norm(q - c, dim=-1)
     if metric == "cosine":
         # Rounding can push 1 - cos(q, q) slightly below 0; a distance is >= 0.
         return (1.0 - (q * c).sum(-1)).clamp_min(0.0)
@@ -215,17 +215,35 @@ def pair_distances(metric: str, q: torch.Tensor, c: torch.Tensor) -> torch.Tenso
         num = (q - c).square()
         return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), 0.0).sum(-1)
     if metric == "w1":
-        return (q - c).abs().sum(-1)
+        return torch.linalg.vector_norm(q - c, ord=1, dim=-1)
     raise AssertionError(metric)
 
 
-def sort_candidates(dist: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort each row by (distance, index) ascending; index -1 (missing) sorts last."""
-    idx_key = torch.where(idx < 0, torch.iinfo(torch.int64).max, idx)
-    o = torch.argsort(idx_key, dim=1, stable=True)
-    dist, idx = dist.gather(1, o), idx.gather(1, o)
-    o = torch.argsort(dist, dim=1, stable=True)
-    return dist.gather(1, o), idx.gather(1, o)
+def _pack(dist: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(float distance, int64 index) -> one int64 key whose order is (float32 distance, index);
+    index -1 (missing) packs as 2**32 - 1 with distance inf, i.e. last."""
+    bits = dist.float().view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # same order as the floats
+    return (ordered.to(torch.int64) << 32) | (idx & 0xFFFFFFFF)
+
+
+def _unpack(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    hi = (key >> 32).to(torch.int32)
+    dist = (hi ^ ((hi >> 31) & 0x7FFFFFFF)).view(torch.float32)
+    idx = key & 0xFFFFFFFF
+    return dist, torch.where(idx == 0xFFFFFFFF, -1, idx)
+
+
+def sort_candidates(dist: torch.Tensor, idx: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row by (float32 distance, index) ascending; index -1 (missing) goes last.
+    ``k``: keep only the first ``k`` columns. Returns float32 distances."""
+    dist = torch.where(idx < 0, torch.inf, dist.float())
+    key = _pack(dist, idx)
+    if k is not None and k < key.shape[1]:
+        key = torch.topk(key, k, dim=1, largest=False, sorted=True).values
+    else:
+        key = torch.sort(key, dim=1).values
+    return _unpack(key)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,9 +501,9 @@ def rerank(metric: str, q_exact: torch.Tensor, q_index: torch.Tensor | None, can
         dist = pair_distances(metric, q_exact[s:s + step], vec).to(ci.device)
         dist = torch.where(valid, dist, torch.inf)
         ci = torch.where(valid, ci, -1)
-        dist, ci = sort_candidates(dist, ci)
-        out_d.append(dist[:, :k])
-        out_i.append(ci[:, :k])
+        dist, ci = sort_candidates(dist, ci, k)
+        out_d.append(dist)
+        out_i.append(ci)
     return torch.cat(out_d), torch.cat(out_i)
 
 
@@ -493,8 +511,7 @@ def _merge(run_d, run_i, d, i, kc):
     """Keep the ``kc`` best of the running and the new candidates, sorted by (distance, index)."""
     if run_d is not None:
         d, i = torch.cat([run_d, d], 1), torch.cat([run_i, i], 1)
-    d, i = sort_candidates(d, i)
-    return d[:, :kc], i[:, :kc]
+    return sort_candidates(d, i, kc)
 
 
 def knn_graph(x, k: int, *, metric: str = "l2", backend: str = "auto", index: str = "flat",
@@ -556,6 +573,8 @@ def knn_graph(x, k: int, *, metric: str = "l2", backend: str = "auto", index: st
         return _distributed.knn_graph_distributed(x, k, metric=metric, backend=backend, exclude_self=exclude_self,
                                                   chunk_size=chunk_size, progress=progress, tf32=tf32)
     n = int(x.shape[0])
+    if n >= 0xFFFFFFFF:
+        raise ValueError(f"x has {n} rows; knn_graph packs row indices in 32 bits (at most 2**32 - 2 rows)")
     k = _integer("k", k, lo=1, hi=n - 1 if exclude_self else n)
     backend = resolve_backend(backend, device, metric, index)
     rows = _Rows(x)
