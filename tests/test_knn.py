@@ -313,3 +313,25 @@ def test_distributed_needs_process_group():
         pytest.skip("a process group is already initialized")
     with pytest.raises(RuntimeError, match="process group"):
         knn_graph(torch.randn(10, 2), 2, distributed=True, progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_storage(dtype):
+    x = data_with_duplicates(83, 10, "l2", dtype=dtype, seed=4)
+    g = knn_graph(x, 5, backend="torch", progress=False)
+    ref = knn_graph(x.float(), 5, backend="faiss", progress=False)
+    assert torch.equal(g.indices, ref.indices) and torch.equal(g.distances, ref.distances)
+
+
+def test_memmap_histograms_with_repairs(tmp_path, monkeypatch):
+    rng = np.random.default_rng(6)
+    x = rng.random((240, 12)).astype(np.float32) + 0.01
+    x[100:130] = x[100]  # 30 copies: every copy needs the widened (repair) search
+    np.save(tmp_path / "h.npy", x)
+    mm = np.load(tmp_path / "h.npy", mmap_mode="r")
+    monkeypatch.setattr(knn_mod, "MEMMAP_BLOCK_BYTES", 50 * 4 * 12)
+    for metric in ("chi2", "w1", "hellinger"):
+        g = knn_graph(mm, 5, metric=metric, backend="faiss", chunk_size=50, progress=False)
+        assert_matches(g, torch.from_numpy(x), 5, metric)
+        assert g.indices[100].tolist() == [101, 102, 103, 104, 105]
+        assert g.indices[129].tolist() == [100, 101, 102, 103, 104]

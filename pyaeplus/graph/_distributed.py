@@ -49,7 +49,7 @@ def knn_graph_distributed(x, k, *, metric: str, backend: str, exclude_self: bool
     k = _knn._integer("k", k, lo=1, hi=n - 1 if exclude_self else n)
     device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
     backend = _knn.resolve_backend(backend, device, metric, "flat")
-    chunk = chunk_size or (16384 if backend.startswith("faiss") else 4096)
+    chunk = chunk_size or _knn._default_chunk(backend)
     _knn._check_rows(rows, metric, max(chunk, 1 << 14))
 
     # This rank's shard is the database (in the search space, in memory).

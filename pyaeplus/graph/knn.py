@@ -11,35 +11,39 @@ Every backend works in two stages:
    query itself is dropped when ``exclude_self=True``, and the candidates are sorted by
    (distance, index). The first ``k`` are returned.
 
-What is guaranteed: the result is the exact k-NN list under the directly computed distance,
-with ties broken by ascending index (duplicates: lower index first; only the query's own index
-is removed, never its duplicates), *provided* the candidate stage returned every true neighbour
-plus every row tied with (or within rounding of) the k-th one. Exact backends request
-``k + 1 + TIE_MARGIN`` candidates (``TIE_MARGIN = 8``), so this holds unless more than
-``TIE_MARGIN`` rows share the k-th distance. Identical rows give bit-identical re-ranked
-distances, so the order is reproducible across backends, chunk sizes and processes.
+What is guaranteed (exact backends: ``index="flat"``): the result is the exact k-NN list
+under the directly computed distance, ties broken by ascending index (duplicates: lower index
+first; only the query's own index is removed, never its duplicates). The candidate stage asks
+for ``k + 1 + TIE_MARGIN`` rows (``TIE_MARGIN = 8``); a row is accepted only when its farthest
+candidate is clearly (beyond rounding) farther than its k-th neighbour, which proves that no
+row outside the list ties with or beats the k-th one. Rows that fail (a tie group wider than
+the margin, heavy duplication) are searched again with 4x as many candidates until proven.
+Identical rows give bit-identical re-ranked distances, so the graph is the same for every
+backend, chunk size and process count (the tests check this bit for bit). Distances are
+returned in float32 and ordered by their float32 values.
+Limits: at most 2**32 - 2 rows (indices are packed in 32 bits for sorting).
 
 Metrics (``x`` rows are feature vectors; for the histogram metrics rows must be non-negative
 with a positive sum and are L1-normalized first):
 
-======== ===================================== ==========================================
-metric   returned ``distances``                candidate search space
-======== ===================================== ==========================================
-l2       Euclidean distance (not squared)      L2 on the rows
-cosine   ``1 - cos(q, b)``                     inner product on L2-normalized rows
-ip       ``-<q, b>`` (negated inner product)   inner product
-hellinger ``||sqrt(p) - sqrt(q)||_2`` (this is ``sqrt(2)`` times the Hellinger distance)
-                                               L2 on square-rooted histograms
-chi2     ``sum (p-q)^2 / (p+q)`` (0/0 := 0)    ``CHI2_RERANK * k`` Hellinger candidates
-w1       ``sum |cumsum(p) - cumsum(q)|``       L1 on cumulative histograms
-======== ===================================== ==========================================
+* ``l2``: Euclidean distance (not squared); search: L2 on the rows.
+* ``cosine``: ``1 - cos(q, b)`` (clamped at 0); search: inner product of L2-normalized rows
+  (a zero row is left as zero: cosine 0 to everything).
+* ``ip``: ``-<q, b>``, the negated inner product (a distance-like value: smaller is nearer);
+  search: inner product. Note that a row need not be its own nearest neighbour under ``ip``.
+* ``hellinger``: ``||sqrt(p) - sqrt(q)||_2``, which is ``sqrt(2)`` times the Hellinger
+  distance; search: L2 on square-rooted histograms.
+* ``chi2``: ``sum (p - q)^2 / (p + q)`` with 0/0 := 0; search: ``CHI2_RERANK * k`` Hellinger
+  candidates.
+* ``w1``: ``sum |cumsum(p) - cumsum(q)|`` (1-Wasserstein between histograms over ordered,
+  unit-spaced bins); search: L1 on cumulative histograms.
 
 Chi-squared has no metric index; it is computed exactly on the ``CHI2_RERANK * k``
 (``CHI2_RERANK = 4``) nearest Hellinger candidates. With ``h = ||sqrt(p) - sqrt(q)||_2``,
 ``h^2 <= chi2 <= 2 h^2`` (because ``(sqrt(p) + sqrt(q))^2 / (p + q)`` lies in [1, 2]), so a row
 outside the candidates has ``chi2 >= h_max^2``; rows where this bound does not prove the k-th
-chi2 neighbour exact are searched again by direct brute force. The chi2 graph is therefore
-exact, like the others.
+chi2 neighbour exact are searched again with 4x as many Hellinger candidates per round. The
+chi2 graph is therefore exact, like the others.
 """
 
 from __future__ import annotations
@@ -465,6 +469,11 @@ def _progress(it, total: int, enabled: bool, desc: str):
     return tqdm(it, total=total, desc=desc, unit="chunk", leave=False)
 
 
+def _default_chunk(backend: str) -> int:
+    # faiss blocks queries itself; the Triton grid needs many query tiles to fill a GPU.
+    return {"faiss": 16384, "faiss-gpu": 1 << 16, "triton": 1 << 16}.get(backend, 4096)
+
+
 def candidate_count(k: int, n: int, metric: str, exclude_self: bool, index: str) -> int:
     base = k * CHI2_RERANK if metric == "chi2" else k
     return min(n, base + int(exclude_self) + TIE_MARGIN)
@@ -540,7 +549,7 @@ def knn_graph(x, k: int, *, metric: str = "l2", backend: str = "auto", index: st
             whole database in memory, as FAISS does.
         exclude_self: drop each row's own index (exactly that index, not its duplicates).
         chunk_size: query rows per search call (and database rows per block for a memmap);
-            default 16384 for FAISS, 4096 otherwise.
+            default 16384 for faiss-cpu, 65536 for faiss-gpu and Triton, 4096 for torch.
         progress: show a tqdm progress bar over the chunks.
         distributed: run under ``torch.distributed`` (e.g. torchrun): every rank passes its
             own shard of the rows (in rank order); queries are exchanged chunk by chunk, each
@@ -578,7 +587,7 @@ def knn_graph(x, k: int, *, metric: str = "l2", backend: str = "auto", index: st
     k = _integer("k", k, lo=1, hi=n - 1 if exclude_self else n)
     backend = resolve_backend(backend, device, metric, index)
     rows = _Rows(x)
-    chunk = chunk_size or (16384 if backend.startswith("faiss") else 4096)
+    chunk = chunk_size or _default_chunk(backend)
     _check_rows(rows, metric, max(chunk, 1 << 14))
 
     space = _SEARCH_SPACE[metric]
