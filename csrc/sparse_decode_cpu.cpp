@@ -7,7 +7,8 @@
 //
 // Parallelism: forward and grad_values over batch rows; grad_weight over weight rows after a
 // counting sort of the (b, j) entries by latent row (a reverse index), so every grad_weight
-// row is summed by one thread in a fixed order: deterministic, and no atomics.
+// row is summed by one thread in a fixed order: deterministic, and no atomics. When both
+// gradients are needed, grad_values comes out of the grad_weight sweep (no gather of weight).
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -131,10 +132,51 @@ void grad_values_impl(const T* grad_out, const I* indices, const T* weight, T* g
   PYAEPLUS_CHECK(!bad.load(), "sparse_decode: an index is out of range [0, D)");
 }
 
-// grad_out: [B, N]; values, indices: [B, K]; grad_weight: [D, N] (every row written). Contiguous.
+// acc[n] += v * g[n] and returns <g, w> in one sweep (the fused backward: g = grad_out[b] is
+// loaded once for both gradients, w = weight[i] stays in L1 for all of row i's entries).
+template <typename T, typename A>
+inline A axpy_dot_row(A* __restrict acc, A v, const T* __restrict g, const T* __restrict w, int64_t N) {
+  A s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t n = 0; n < N; ++n) {
+    const A gn = load_as<A>(g, n);
+    acc[n] += v * gn;
+    s += gn * load_as<A>(w, n);
+  }
+  return s;
+}
+
+template <typename T, typename A>
+inline void axpy_dot_row4(A* __restrict acc, const A* v, const T* const* g, const T* __restrict w, A* s_out,
+                          int64_t N) {
+  A s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  const T* __restrict g0 = g[0];
+  const T* __restrict g1 = g[1];
+  const T* __restrict g2 = g[2];
+  const T* __restrict g3 = g[3];
+  const A v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t n = 0; n < N; ++n) {
+    const A a0 = load_as<A>(g0, n), a1 = load_as<A>(g1, n), a2 = load_as<A>(g2, n), a3 = load_as<A>(g3, n);
+    const A wn = load_as<A>(w, n);
+    acc[n] += v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3;
+    s0 += a0 * wn;
+    s1 += a1 * wn;
+    s2 += a2 * wn;
+    s3 += a3 * wn;
+  }
+  s_out[0] = s0;
+  s_out[1] = s1;
+  s_out[2] = s2;
+  s_out[3] = s3;
+}
+
+// grad_out: [B, N]; values, indices: [B, K]; weight: [D, N]; grad_weight: [D, N] (every row
+// written); grad_values: [B, K] or null. With grad_values, each entry's <grad_out[b], weight[i]>
+// is taken in the same sweep over grad_out[b] that accumulates grad_weight[i]. Contiguous.
 template <typename T, typename I>
-void grad_weight_impl(const T* grad_out, const T* values, const I* indices, T* grad_weight, int64_t B,
-                      int64_t K, int64_t D, int64_t N) {
+void grad_weight_impl(const T* grad_out, const T* values, const I* indices, const T* weight, T* grad_weight,
+                      T* grad_values, int64_t B, int64_t K, int64_t D, int64_t N) {
   using A = acc_t<T>;
   const int64_t E = B * K;
   // Reverse index by a counting sort (stable: entries of a row stay in increasing b*K+j order).
@@ -171,6 +213,24 @@ void grad_weight_impl(const T* grad_out, const T* values, const I* indices, T* g
         std::fill(acc.begin(), acc.end(), A(0));
         int64_t p = indptr[i];
         const int64_t end = indptr[i + 1];
+        if (grad_values != nullptr) {
+          const T* w = weight + i * N;
+          for (; p + 4 <= end; p += 4) {
+            const int64_t e[4] = {order[p], order[p + 1], order[p + 2], order[p + 3]};
+            const A v[4] = {load_as<A>(values, e[0]), load_as<A>(values, e[1]), load_as<A>(values, e[2]),
+                            load_as<A>(values, e[3])};
+            const T* g[4] = {grad_out + (e[0] / K) * N, grad_out + (e[1] / K) * N, grad_out + (e[2] / K) * N,
+                             grad_out + (e[3] / K) * N};
+            A s[4];
+            axpy_dot_row4<T, A>(acc.data(), v, g, w, s, N);
+            for (int q = 0; q < 4; ++q) store_from<T, A>(grad_values, e[q], s[q]);
+          }
+          for (; p < end; ++p) {
+            const int64_t e = order[p];
+            const A s = axpy_dot_row<T, A>(acc.data(), load_as<A>(values, e), grad_out + (e / K) * N, w, N);
+            store_from<T, A>(grad_values, e, s);
+          }
+        }
         for (; p + 4 <= end; p += 4) {
           const int64_t e0 = order[p], e1 = order[p + 1], e2 = order[p + 2], e3 = order[p + 3];
           axpy_row4<T, A>(acc.data(), load_as<A>(values, e0), grad_out + (e0 / K) * N, load_as<A>(values, e1),
@@ -217,14 +277,16 @@ void grad_values(uintptr_t grad_out, uintptr_t indices, uintptr_t weight, uintpt
   });
 }
 
-void grad_weight(uintptr_t grad_out, uintptr_t values, uintptr_t indices, uintptr_t grad_w, int64_t B,
-                 int64_t K, int64_t D, int64_t N, int dtype, int index_dtype) {
+// grad_vals may be 0 (grad_weight only); weight is read only when grad_vals is given.
+void grad_weight(uintptr_t grad_out, uintptr_t values, uintptr_t indices, uintptr_t weight, uintptr_t grad_w,
+                 uintptr_t grad_vals, int64_t B, int64_t K, int64_t D, int64_t N, int dtype, int index_dtype) {
   check_sizes(B, K, D, N);
   dispatch_index(index_dtype, "sparse_decode_grad_weight", [&](auto itag) {
     using I = decltype(itag);
     PYAEPLUS_DISPATCH_FLOATING(dtype, "sparse_decode_grad_weight", [&] {
       grad_weight_impl<scalar_t, I>(as_ptr<const scalar_t>(grad_out), as_ptr<const scalar_t>(values),
-                                    as_ptr<const I>(indices), as_ptr<scalar_t>(grad_w), B, K, D, N);
+                                    as_ptr<const I>(indices), as_ptr<const scalar_t>(weight), as_ptr<scalar_t>(grad_w),
+                                    as_ptr<scalar_t>(grad_vals), B, K, D, N);
     });
   });
 }
@@ -240,9 +302,11 @@ void bind_sparse_decode(py::module_& m) {
         py::arg("indices"), py::arg("weight"), py::arg("grad_values"), py::arg("B"), py::arg("K"), py::arg("D"),
         py::arg("N"), py::arg("dtype"), py::arg("index_dtype"));
   m.def("sparse_decode_grad_weight", &grad_weight, nogil,
-        "grad_weight[D,N] by reverse index (deterministic, no atomics); contiguous inputs", py::arg("grad_out"),
-        py::arg("values"), py::arg("indices"), py::arg("grad_weight"), py::arg("B"), py::arg("K"), py::arg("D"),
-        py::arg("N"), py::arg("dtype"), py::arg("index_dtype"));
+        "grad_weight[D,N] by reverse index (deterministic, no atomics), and grad_values[B,K] in the same "
+        "sweep when its pointer is not 0; contiguous inputs",
+        py::arg("grad_out"), py::arg("values"), py::arg("indices"), py::arg("weight"), py::arg("grad_weight"),
+        py::arg("grad_values"), py::arg("B"), py::arg("K"), py::arg("D"), py::arg("N"), py::arg("dtype"),
+        py::arg("index_dtype"));
 }
 
 }  // namespace

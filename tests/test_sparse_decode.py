@@ -165,6 +165,22 @@ def test_loss_not_last_and_needs_input_grad():
                 assert got is None
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_backward_matches_separate_ops(dtype):
+    # Both gradients at once (one sweep on the CPU) == each alone == the reference.
+    values, indices, weight, _ = make(131, 77, 9, dtype=dtype, bias=False)
+    grad_out = torch.randn(131, N_OUT).to(dtype)
+    gv, gw = torch.ops.pyaeplus._sparse_decode_backward(grad_out, values, indices, weight)
+    torch.testing.assert_close(gv, torch.ops.pyaeplus._sparse_decode_grad_values(grad_out, indices, weight),
+                               **tol(dtype, math.sqrt(N_OUT)))
+    torch.testing.assert_close(gw, torch.ops.pyaeplus._sparse_decode_grad_weight(grad_out, values, indices, weight),
+                               **tol(dtype))
+    torch.testing.assert_close(gv, ref.sparse_decode_grad_values(grad_out, indices, weight),
+                               **tol(dtype, math.sqrt(N_OUT)))
+    torch.testing.assert_close(gw, ref.sparse_decode_grad_weight(grad_out, values, indices, weight),
+                               **tol(dtype, 4.0))
+
+
 def test_grad_weight_deterministic_with_hot_rows():
     # Skewed codes (a few "hot" latents, as in real SAEs): many entries per weight row.
     B, D, k = 513, 64, 12
@@ -201,6 +217,8 @@ def test_opcheck(bias):
     torch.library.opcheck(torch.ops.pyaeplus._sparse_decode_grad_values.default,
                           (grad_out, indices, weight.detach()))
     torch.library.opcheck(torch.ops.pyaeplus._sparse_decode_grad_weight.default,
+                          (grad_out, values.detach(), indices, weight.detach()))
+    torch.library.opcheck(torch.ops.pyaeplus._sparse_decode_backward.default,
                           (grad_out, values.detach(), indices, weight.detach()))
 
 
@@ -292,7 +310,8 @@ def test_cpu_kernel_bounds_checks_itself():
     i[2, 1] = 10
     for op, args in [(torch.ops.pyaeplus.sparse_decode, (v, i, w, b)),
                      (torch.ops.pyaeplus._sparse_decode_grad_values, (torch.randn(4, N_OUT), i, w)),
-                     (torch.ops.pyaeplus._sparse_decode_grad_weight, (torch.randn(4, N_OUT), v, i, w))]:
+                     (torch.ops.pyaeplus._sparse_decode_grad_weight, (torch.randn(4, N_OUT), v, i, w)),
+                     (torch.ops.pyaeplus._sparse_decode_backward, (torch.randn(4, N_OUT), v, i, w))]:
         with pytest.raises(ValueError, match="out of range"):
             op(*args)
 

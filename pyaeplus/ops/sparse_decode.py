@@ -5,9 +5,11 @@
 * ``pyaeplus::_sparse_decode_grad_values(grad_out, indices, weight) -> (B, k)``
 * ``pyaeplus::_sparse_decode_grad_weight(grad_out, values, indices, weight) -> (D, N)``:
   deterministic on every backend (reverse index, fixed summation order, no float atomics).
+* ``pyaeplus::_sparse_decode_backward(grad_out, values, indices, weight) -> (grad_values, grad_weight)``
+  when both are needed: on the CPU one sweep over the reverse index yields both (each entry's
+  grad_out row is loaded once, weight rows are read in order instead of gathered).
 
-The two gradients are separate ops so that the backward computes only what
-``ctx.needs_input_grad`` asks for. Every implementation here receives contiguous tensors
+The backward calls only what ``ctx.needs_input_grad`` asks for. Every implementation here receives contiguous tensors
 (``.contiguous()`` below: a no-op for the usual layouts).
 """
 
@@ -109,15 +111,18 @@ def _(grad_out, indices, weight):
 
 # ---- grad_weight --------------------------------------------------------------------------
 
-def _grad_weight_cpu(grad_out, values, indices, weight) -> torch.Tensor:
-    # The C++ kernel builds the reverse index itself (counting sort) and writes every row.
-    grad_out, values, indices = _c(grad_out), _c(values), _c(indices)
+def _grad_weight_cpu(grad_out, values, indices, weight, with_values: bool):
+    # The C++ kernel builds the reverse index itself (counting sort) and writes every row of
+    # grad_weight; with_values also fills grad_values in the same sweep (weight read row by row).
+    grad_out, values, indices, weight = _c(grad_out), _c(values), _c(indices), _c(weight)
     B, K = indices.shape
     D, N = weight.shape
     gw = torch.empty((D, N), dtype=weight.dtype, device=weight.device)
-    _ext.cpu_ext().sparse_decode_grad_weight(_ext.ptr(grad_out), _ext.ptr(values), _ext.ptr(indices), _ext.ptr(gw),
-                                             B, K, D, N, _ext.dtype_code(weight), _ext.dtype_code(indices))
-    return gw
+    gv = torch.empty((B, K), dtype=weight.dtype, device=weight.device) if with_values else None
+    _ext.cpu_ext().sparse_decode_grad_weight(_ext.ptr(grad_out), _ext.ptr(values), _ext.ptr(indices), _ext.ptr(weight),
+                                             _ext.ptr(gw), _ext.ptr(gv), B, K, D, N, _ext.dtype_code(weight),
+                                             _ext.dtype_code(indices))
+    return gv, gw
 
 
 def _grad_weight_cuda(grad_out, values, indices, weight) -> torch.Tensor:
@@ -152,13 +157,45 @@ def _sparse_decode_grad_weight(grad_out: torch.Tensor, values: torch.Tensor, ind
 @_sparse_decode_grad_weight.register_kernel("cpu")
 def _(grad_out, values, indices, weight):
     return run("sparse_decode", weight.device,
-               cpu=lambda: _grad_weight_cpu(grad_out, values, indices, weight),
+               cpu=lambda: _grad_weight_cpu(grad_out, values, indices, weight, False)[1],
                torch_=lambda: ref.sparse_decode_grad_weight(grad_out, values, indices, weight))
 
 
 @_sparse_decode_grad_weight.register_fake
 def _(grad_out, values, indices, weight):
     return weight.new_empty(weight.shape)
+
+
+# ---- both gradients ------------------------------------------------------------------------
+
+@torch.library.custom_op("pyaeplus::_sparse_decode_backward", mutates_args=(), device_types="cuda")
+def _sparse_decode_backward(grad_out: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
+                            weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_values (B, k), grad_weight (D, N)). On CUDA the two kernels run one after the other."""
+    def separate(gv_fn, gw_fn):
+        return lambda: (gv_fn(), gw_fn())
+
+    return run("sparse_decode", weight.device,
+               triton=separate(lambda: _triton().sparse_decode_grad_values(_c(grad_out), _c(indices), _c(weight)),
+                               lambda: _grad_weight_triton(grad_out, values, indices, weight)),
+               cuda=separate(lambda: _grad_values_compiled(_ext.cuda_ext(), grad_out, indices, weight, cuda=True),
+                             lambda: _grad_weight_cuda(grad_out, values, indices, weight)),
+               torch_=separate(lambda: ref.sparse_decode_grad_values(grad_out, indices, weight),
+                               lambda: ref.sparse_decode_grad_weight(grad_out, values, indices, weight)))
+
+
+@_sparse_decode_backward.register_kernel("cpu")
+def _(grad_out, values, indices, weight):
+    # One fused sweep: grad_values from the grad_weight pass (no random gather of weight rows).
+    return run("sparse_decode", weight.device,
+               cpu=lambda: _grad_weight_cpu(grad_out, values, indices, weight, True),
+               torch_=lambda: (ref.sparse_decode_grad_values(grad_out, indices, weight),
+                               ref.sparse_decode_grad_weight(grad_out, values, indices, weight)))
+
+
+@_sparse_decode_backward.register_fake
+def _(grad_out, values, indices, weight):
+    return weight.new_empty(indices.shape), weight.new_empty(weight.shape)
 
 
 # ---- autograd -----------------------------------------------------------------------------
@@ -172,9 +209,11 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     values, indices, weight = ctx.saved_tensors
     grad_values = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0] and ctx.needs_input_grad[2]:
+        grad_values, grad_weight = torch.ops.pyaeplus._sparse_decode_backward(grad_out, values, indices, weight)
+    elif ctx.needs_input_grad[0]:
         grad_values = torch.ops.pyaeplus._sparse_decode_grad_values(grad_out, indices, weight)
-    if ctx.needs_input_grad[2]:
+    elif ctx.needs_input_grad[2]:
         grad_weight = torch.ops.pyaeplus._sparse_decode_grad_weight(grad_out, values, indices, weight)
     if ctx.has_bias and ctx.needs_input_grad[3]:
         acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
