@@ -313,13 +313,14 @@ def _tile(K: int, lo: int, want: int, levels: int) -> int:
 
 
 def _fwd_tiles(K: int) -> tuple[int, int]:
-    # Power-of-two tiles with >= ~2/3 of each side useful.
-    return _tile(K, 16, 32 if K <= 11 else triton.next_power_of_2(3 * (K - 1)), 1), \
-        _tile(K, 16, 64 if K <= 21 else triton.next_power_of_2(3 * (K - 1)), 1)
+    # Power-of-two tiles with most of each side useful; capped at 64 so that large windows
+    # (and float64) still fit in registers / shared memory (the _tile loop grows a side only
+    # when not even one output would fit).
+    return _tile(K, 16, 32 if K <= 11 else 64, 1), _tile(K, 16, 64, 1)
 
 
 def _bwd_tiles(K: int) -> tuple[int, int]:
-    r = _tile(K, 16, 32 if K <= 5 else triton.next_power_of_2(4 * (K - 1)), 2)
+    r = _tile(K, 16, 32 if K <= 5 else min(64, triton.next_power_of_2(4 * (K - 1))), 2)
     return r, r
 
 
