@@ -27,7 +27,8 @@ import triton.language as tl
 
 MAX_K = 128
 _SPACES = {"l2": 0, "ip": 1, "l1": 2}
-_INT64_MAX = 0x7FFFFFFFFFFFFFFF
+# A constexpr: compiled Triton kernels may only read globals that are tl.constexpr.
+_INT64_MAX = tl.constexpr(0x7FFFFFFFFFFFFFFF)
 
 
 @triton.jit
