@@ -69,6 +69,7 @@ FACTORIES = {
     "sparse_topk": lambda: M.SparseAE(144, 48, k=6, alpha=1.5, dead_steps=5, input_shape=(1, 12, 12)),
     "sparse_topk_bce": lambda: M.SparseAE(144, 48, k=6, loss="bce", output_activation="sigmoid"),
     "sparse_l1": lambda: M.SparseAE(144, 32, sparsity="l1", l1=1e-3),
+    "deep_ocsvm_on_topk": lambda: M.DeepOCSVM(M.SparseAE(144, 32, k=4), nu=0.1, n_features=64),
     "sparse_kl": lambda: M.SparseAE(144, 32, sparsity="kl", rho=0.1, beta=0.1),
 }
 

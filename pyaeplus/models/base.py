@@ -271,6 +271,15 @@ class AutoEncoder(nn.Module):
         return self._recon_terms(x, self.encode(x))[1]
 
 
+def dense_latent(model: nn.Module, z) -> torch.Tensor:
+    """Latents as a (B, d) matrix: flattened, or for top-k codes ``(values, indices)`` scattered
+    into (B, model.latent) with the gradient kept on the values."""
+    if isinstance(z, (tuple, list)):
+        v, i = z
+        return torch.zeros(v.shape[0], model.latent, dtype=v.dtype, device=v.device).scatter(1, i, v)
+    return z.flatten(1)
+
+
 def as_model(arg: str, base) -> tuple["AutoEncoder", dict]:
     """A wrapped model given as an instance of the zoo or as {"name": ..., "config": {...}}.
     Returns (module, its JSON-able description)."""

@@ -46,12 +46,14 @@ class ContractiveAE(DenseAE):
         self._config.update(lam=self.lam, jacobian=jacobian)
         self.closed_form = jacobian == "auto" and not self._config["hidden"] and latent_activation == "sigmoid"
 
-    def jacobian_penalty(self, x: torch.Tensor, *, create_graph: bool | None = None) -> torch.Tensor:
+    def jacobian_penalty(self, x: torch.Tensor, *, create_graph: bool | None = None,
+                         codes: torch.Tensor | None = None) -> torch.Tensor:
         """‖∂h/∂x‖²_F per sample, (B,), differentiable w.r.t. the parameters.
 
         Args:
             x: inputs (B, F) or (B, *input_shape).
             create_graph: keep the graph of the autograd Jacobian (default: when grad is enabled).
+            codes: ``encode(x)`` when already computed (the closed form reuses it).
 
         Returns:
             (B,) squared Frobenius norms.
@@ -59,7 +61,7 @@ class ContractiveAE(DenseAE):
         x = x.reshape(x.shape[0], self.in_features)
         if self.closed_form:
             lin = self.encoder[0]
-            h = torch.sigmoid(lin(x))                                  # (B, d)
+            h = torch.sigmoid(lin(x)) if codes is None else codes      # (B, d)
             w2 = lin.weight.square().sum(1)                            # (d,)  ‖W_j‖²
             return (h * (1 - h)).square() @ w2
         if create_graph is None:
@@ -88,5 +90,5 @@ class ContractiveAE(DenseAE):
         z = self.encode(x)
         _, err = self._recon_terms(x, z)
         recon = err.mean()
-        pen = self.jacobian_penalty(x).mean()
+        pen = self.jacobian_penalty(x, codes=z).mean()
         return {"loss": recon + self.lam * pen, "recon": recon.detach(), "contractive": pen.detach()}, z

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import _validate
-from .base import AutoEncoder, as_model, register
+from .base import AutoEncoder, as_model, dense_latent, register
 
 
 class IndexedDataset(Dataset):
@@ -32,15 +32,6 @@ class IndexedDataset(Dataset):
         if isinstance(item, (tuple, list)):
             item = item[0]
         return item, i
-
-
-def _dense_latent(z, latent_dim: int | None) -> torch.Tensor:
-    """Latents as (B, d); top-k codes (values, indices) are scattered into (B, latent) with the
-    gradient kept on the values."""
-    if isinstance(z, tuple):
-        v, i = z
-        return torch.zeros(v.shape[0], latent_dim, dtype=v.dtype, device=v.device).scatter(1, i, v)
-    return z.flatten(1)
 
 
 @register("laplacian")
@@ -174,7 +165,7 @@ class LaplacianAE(AutoEncoder):
         g = self._graph_for(x.device)
         sub = g.subgraph(idx.to(g.device))
         terms, z = self.base.loss_terms(x)       # the wrapped model's whole objective (KL, AuxK, ...)
-        zd = _dense_latent(z, getattr(self.base, "latent", None))
+        zd = dense_latent(self.base, z)
         lap = self.regularizer(zd.float() if zd.dtype in (torch.float16, torch.bfloat16) else zd, sub)
         out = {k: v for k, v in terms.items() if k != "loss"}
         out.update(loss=terms["loss"] + lap, laplacian=lap.detach(), edges=torch.tensor(float(sub.nnz), device=lap.device))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import _validate
-from .base import AutoEncoder, as_model, register
+from .base import AutoEncoder, as_model, dense_latent, register
 
 
 @register("deep_ocsvm")
@@ -77,7 +77,7 @@ class DeepOCSVM(AutoEncoder):
             p = next(self.base.parameters(), None)
             x = torch.zeros(1, *self.feature_shape, device=None if p is None else p.device,
                             dtype=None if p is None else p.dtype)
-            return self.base.encode(x).flatten(1).shape[1]
+            return dense_latent(self.base, self.base.encode(x)).shape[1]
         finally:
             self.base.train(was)
 
@@ -93,9 +93,9 @@ class DeepOCSVM(AutoEncoder):
         """The autoencoder's reconstruction of x."""
         return self.base(x)
 
-    def features(self, z: torch.Tensor) -> torch.Tensor:
-        """Random Fourier features φ(z), (B, d) -> (B, D)."""
-        z = z.flatten(1)
+    def features(self, z) -> torch.Tensor:
+        """Random Fourier features φ(z), (B, d) -> (B, D) (top-k codes are taken densely)."""
+        z = dense_latent(self.base, z)
         return math.sqrt(2.0 / self.omega.shape[1]) * torch.cos(z @ self.omega.to(z.dtype) + self.phase.to(z.dtype))
 
     def _margin_from_latent(self, z: torch.Tensor) -> torch.Tensor:
@@ -119,7 +119,8 @@ class DeepOCSVM(AutoEncoder):
     def loss_terms(self, x: torch.Tensor):
         """(loss dict, latents)."""
         z = self.base.encode(x)
-        m = self._margin_from_latent(z.detach() if self.detach_latent else z)  # (B,) ⟨w,φ⟩ − ρ
+        zs = dense_latent(self.base, z)
+        m = self._margin_from_latent(zs.detach() if self.detach_latent else zs)  # (B,) ⟨w,φ⟩ − ρ
         svm = 0.5 * self.w.square().sum() + torch.relu(-m).mean() / self.nu - self.rho
         out = {"svm": svm.detach(), "rho": self.rho.detach().clone(), "outside": (m < 0).float().mean().detach()}
         if self.recon_weight > 0:
