@@ -19,35 +19,35 @@ DIST_TOL = {torch.float32: (2e-5, 2e-5), torch.float64: (1e-7, 2e-7)}  # float64
 
 
 def numpy_knn(x: np.ndarray, k: int, metric: str, exclude_self: bool = True):
-    """Direct-formula brute force in float64; ties by ascending index."""
+    """Direct-formula brute force in float64, one query row at a time; ties by ascending index."""
     x = x.astype(np.float64)
+    n = x.shape[0]
     if metric in HIST:
         p = x / x.sum(1, keepdims=True)
-    if metric == "l2":
-        d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+        v = {"hellinger": np.sqrt(p), "chi2": p, "w1": np.cumsum(p, axis=1)}[metric]
     elif metric == "cosine":
-        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-        d = np.maximum(1.0 - xn @ xn.T, 0.0)
-    elif metric == "ip":
-        d = -(x @ x.T)
-    elif metric == "hellinger":
-        s = np.sqrt(p)
-        d = np.sqrt(((s[:, None, :] - s[None, :, :]) ** 2).sum(-1))
-    elif metric == "chi2":
-        num = (p[:, None, :] - p[None, :, :]) ** 2
-        den = p[:, None, :] + p[None, :, :]
-        d = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0).sum(-1)
-    elif metric == "w1":
-        c = np.cumsum(p, axis=1)
-        d = np.abs(c[:, None, :] - c[None, :, :]).sum(-1)
-    n = x.shape[0]
-    if exclude_self:
-        d[np.arange(n), np.arange(n)] = np.inf
+        v = x / np.linalg.norm(x, axis=1, keepdims=True)
+    else:
+        v = x
+    dist = np.empty((n, k))
     idx = np.empty((n, k), np.int64)
     for i in range(n):
-        o = np.lexsort((np.arange(n), d[i]))[:k]
-        idx[i] = o
-    return np.take_along_axis(d, idx, 1), idx
+        if metric in ("l2", "hellinger"):
+            d = np.sqrt(((v - v[i]) ** 2).sum(1))
+        elif metric == "cosine":
+            d = np.maximum(1.0 - v @ v[i], 0.0)
+        elif metric == "ip":
+            d = -(v @ v[i])
+        elif metric == "chi2":
+            den = v + v[i]
+            d = np.where(den > 0, (v - v[i]) ** 2 / np.where(den > 0, den, 1.0), 0.0).sum(1)
+        else:  # w1
+            d = np.abs(v - v[i]).sum(1)
+        if exclude_self:
+            d[i] = np.inf
+        o = np.lexsort((np.arange(n), d))[:k]
+        idx[i], dist[i] = o, d[o]
+    return dist, idx
 
 
 def data_with_duplicates(n: int, d: int, metric: str, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
@@ -335,3 +335,28 @@ def test_memmap_histograms_with_repairs(tmp_path, monkeypatch):
         assert_matches(g, torch.from_numpy(x), 5, metric)
         assert g.indices[100].tolist() == [101, 102, 103, 104, 105]
         assert g.indices[129].tolist() == [100, 101, 102, 103, 104]
+
+
+def test_non_contiguous_and_requires_grad_input():
+    x = torch.randn(64, 14, requires_grad=True)
+    g = knn_graph(x[:, ::2], 4, backend="torch", progress=False)
+    assert not g.distances.requires_grad
+    ref = knn_graph(x.detach()[:, ::2].contiguous(), 4, backend="faiss", progress=False)
+    assert torch.equal(g.indices, ref.indices) and torch.equal(g.distances, ref.distances)
+
+
+def test_fashion_mnist_pixels_and_hog(data_root):
+    import gzip
+
+    p = data_root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz"
+    if not p.exists():
+        pytest.skip(f"{p} not found")
+    with gzip.open(p) as f:
+        imgs = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:300]
+    from pyaeplus.graph import features
+
+    raw = features.raw_pixels(imgs, scale=1 / 255)
+    assert_matches(knn_graph(raw, 10, progress=False), raw, 10, "l2")
+    h = features.hog(imgs, pixels_per_cell=(7, 7), cells_per_block=(2, 2), block_norm="L1")
+    for metric in ("hellinger", "chi2"):
+        assert_matches(knn_graph(h + 1e-6, 10, metric=metric, progress=False), h + 1e-6, 10, metric)

@@ -523,6 +523,7 @@ def _merge(run_d, run_i, d, i, kc):
     return sort_candidates(d, i, kc)
 
 
+@torch.no_grad()
 def knn_graph(x, k: int, *, metric: str = "l2", backend: str = "auto", index: str = "flat",
               exclude_self: bool = True, chunk_size: int | None = None, progress: bool = True,
               distributed: bool = False, index_params: dict | None = None, tf32: bool = False) -> KnnGraph:
