@@ -35,6 +35,8 @@ inline const double* row_as<double, double>(const double* z, int64_t stride0, in
   return z + r * stride0;
 }
 
+constexpr int64_t kPrefetch = 4;
+
 template <typename T>
 void laplacian_rows_grad_impl(const T* z, int64_t n, int64_t d, int64_t sz0,  // z: [n, d] (row stride sz0, unit inner)
                               const int64_t* indptr,                          // [n + 1]
@@ -49,7 +51,8 @@ void laplacian_rows_grad_impl(const T* z, int64_t n, int64_t d, int64_t sz0,  //
   const bool want_grad = grad != nullptr;
   // ~ (nnz/n) * d flops per row: grain keeps a chunk well above the OpenMP fork cost.
   parallel_for(n, 64, [&](int64_t b, int64_t e) {
-    std::vector<A> yi(d), acc(d), bi(d), bj(d), diff(d);
+    std::vector<A> yi(d), acc(d), bi(d), bj(d);
+    const int64_t p_lim = indptr[e];  // prefetching runs on into the next rows of this chunk
     for (int64_t i = b; i < e; ++i) {
       const A si = scale ? static_cast<A>(scale[i]) : A(1);
       const A* zi = row_as<T, A>(z, sz0, i, d, bi.data());
@@ -58,27 +61,30 @@ void laplacian_rows_grad_impl(const T* z, int64_t n, int64_t d, int64_t sz0,  //
         for (int64_t k = 0; k < d; ++k) acc[k] = A(0);
       const A gi = row_weight ? row_weight[i] : A(1);
       A row_sum = A(0);
-      for (int64_t p = indptr[i]; p < indptr[i + 1]; ++p) {
+      const int64_t p_end = indptr[i + 1];
+      for (int64_t p = indptr[i]; p < p_end; ++p) {
+        // The gathers of z rows are random: prefetch the row kPrefetch edges ahead so that
+        // several cache misses are in flight at once (a hint: never faults).
+        if (p + kPrefetch < p_lim) {
+          const char* nxt = reinterpret_cast<const char*>(z + indices[p + kPrefetch] * sz0);
+          for (int64_t off = 0; off < d * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(nxt + off);
+        }
         const int64_t j = indices[p];
         const A w = static_cast<A>(weights[p]);
         const A sj = scale ? static_cast<A>(scale[j]) : A(1);
-        const A* zj = row_as<T, A>(z, sz0, j, d, bj.data());
+        const A* __restrict zj = row_as<T, A>(z, sz0, j, d, bj.data());
+        const A* __restrict yp = yi.data();
         A sq = A(0);
         if (want_grad) {
           const A c = row_weight ? w * (gi + row_weight[j]) : A(2) * w;
-          A* __restrict dp = diff.data();
-          const A* __restrict yp = yi.data();
+          A* __restrict ap = acc.data();
 #pragma omp simd reduction(+ : sq)
           for (int64_t k = 0; k < d; ++k) {
             const A t = yp[k] - sj * zj[k];
-            dp[k] = t;
             sq += t * t;
+            ap[k] += c * t;
           }
-          A* __restrict ap = acc.data();
-#pragma omp simd
-          for (int64_t k = 0; k < d; ++k) ap[k] += c * dp[k];
         } else {
-          const A* __restrict yp = yi.data();
 #pragma omp simd reduction(+ : sq)
           for (int64_t k = 0; k < d; ++k) {
             const A t = yp[k] - sj * zj[k];

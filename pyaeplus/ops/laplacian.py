@@ -115,6 +115,8 @@ def _backward_impl(grad_out, z, indptr, indices, weights, scale, saved_grad, red
     acc = _acc(z.dtype)
     if reduction != RED_NONE and saved_grad.numel() == z.numel() and z.numel() > 0:
         # The fused forward already holds d(loss)/dz: only the scaling by grad_output is left.
+        if saved_grad.dtype == acc:
+            return saved_grad * grad_out.to(acc)
         return (saved_grad.to(acc) * grad_out.to(acc)).to(z.dtype)
     if reduction == RED_NONE:
         g, grad_scale = grad_out.to(acc).contiguous(), 1.0
