@@ -14,8 +14,8 @@ METHOD (prediction before measurement, H100 SXM, fp32 5x3x1080x1920, K=11 Gaussi
   - backward (R 64x64, 22 dot products): ~4 kFLOP/source pixel, predicted ~3-4 ms,
     ~10 % of copy bandwidth for the 498 MB it must move (x, y read; dx, dy written).
   The CUDA C++ kernels (csrc/cuda/ssim.cu) are the bandwidth-oriented implementation; these
-  are the portable default. ``_DOT_PRECISION = "tf32x3"`` would move the products to tensor
-  cores (~3-5x faster, ~1e-6 relative error on the statistics); to be measured on the GPU.
+  are the portable default. ``PYAEPLUS_SSIM_TRITON_PRECISION=tf32x3`` moves the products to
+  tensor cores (predicted ~3-5x faster, ~1e-6 relative error on the statistics); to be measured.
 
 Reductions are deterministic: one partial per program for ssim / cs / |x-y|, summed by a
 second ``torch.sum`` over a fixed layout; no atomics anywhere.
@@ -23,13 +23,16 @@ second ``torch.sum`` over a fixed layout; no atomics anywhere.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-_DOT_PRECISION = "ieee"
+# fp32 stays fp32 in the band products. PYAEPLUS_SSIM_TRITON_PRECISION=tf32x3 moves them to
+# tensor cores (3 TF32 products, ~1e-6 relative error) for measurement; float64 always uses ieee.
+_DOT_PRECISION = os.environ.get("PYAEPLUS_SSIM_TRITON_PRECISION", "ieee")
 
 # Padding codes (pyaeplus/ops/ssim.py): 0 valid, 1 zeros, 2 reflect, 3 replicate, 4 circular.
 
@@ -349,7 +352,7 @@ def ssim_stats_forward(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor, c
         x, *x.stride(), y, *y.stride(), w, smap if want_map else part, part,
         C, H, W, Ho, Wo, n_th, n_tw, n_tiles, N * C, float(c1), float(c2),
         K=K, PAD=padding, RH=RH, RW=RW, WANT_MAP=bool(want_map), F64=acc == torch.float64,
-        PREC=_DOT_PRECISION, num_warps=4)
+        PREC="ieee" if acc == torch.float64 else _DOT_PRECISION, num_warps=4)
     # Second stage of the reduction: a fixed-order sum over the per-tile partials.
     sums = part.sum(-1).view(3, N, C)
     return sums[0].clone(), sums[1].clone(), sums[2].clone(), smap
@@ -382,5 +385,5 @@ def ssim_stats_backward(grad_ssim: torch.Tensor, grad_cs: torch.Tensor, grad_l1:
         gm if gm is not None else gs,
         C, H, W, Ho, Wo, n_tw, n_th * n_tw, float(c1), float(c2),
         K=K, PAD=padding, RH=RH, RW=RW, HAS_GMAP=gm is not None, F64=acc == torch.float64,
-        PREC=_DOT_PRECISION, num_warps=4 if RH * RW <= 2048 else 8)
+        PREC="ieee" if acc == torch.float64 else _DOT_PRECISION, num_warps=4 if RH * RW <= 2048 else 8)
     return dx, dy
