@@ -60,6 +60,20 @@ inline A dot_row(const A* __restrict x, const T* __restrict w, int64_t N) {
   return s;
 }
 
+// Touch the weight rows that batch row `idx` (K indices) will gather, so that they stream in
+// while the current row is computed (the gathers are random, the hardware prefetcher only
+// follows each row after its first lines).
+template <typename T, typename I>
+inline void prefetch_rows(const T* weight, const I* idx, int64_t K, int64_t D, int64_t N) {
+  constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
+  for (int64_t j = 0; j < K; ++j) {
+    const int64_t i = idx[j];
+    if (i < 0 || i >= D) continue;
+    const T* row = weight + i * N;
+    for (int64_t n = 0; n < N; n += kLine) __builtin_prefetch(row + n, 0, 1);
+  }
+}
+
 // values, indices: [B, K]; weight: [D, N]; bias: [N] or null; out: [B, N]. All contiguous.
 template <typename T, typename I>
 void forward_impl(const T* values, const I* indices, const T* weight, const T* bias, T* out, int64_t B,
@@ -78,6 +92,7 @@ void forward_impl(const T* values, const I* indices, const T* weight, const T* b
       }
       const I* idx = indices + b * K;
       const T* val = values + b * K;
+      if (b + 1 < b1) prefetch_rows(weight, idx + K, K, D, N);
       int64_t j = 0;
       bool row_bad = false;
       for (; j + 4 <= K; j += 4) {
@@ -117,6 +132,7 @@ void grad_values_impl(const T* grad_out, const I* indices, const T* weight, T* g
     for (int64_t b = b0; b < b1; ++b) {
       for (int64_t n = 0; n < N; ++n) g[n] = load_as<A>(grad_out + b * N, n);
       const I* idx = indices + b * K;
+      if (b + 1 < b1) prefetch_rows(weight, idx + K, K, D, N);
       for (int64_t j = 0; j < K; ++j) {
         const int64_t i = idx[j];
         A s = 0;
