@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <functional>
+#include <limits>
 #include <vector>
 
 #include "common.h"
@@ -74,15 +76,55 @@ inline bool before(const Cand<K>& a, const Cand<K>& b) {
 
 constexpr int64_t kBlock = 32;
 
+// Small k (D / kBlock >= 4k): block maxima. Pass 1 (vectorizable) takes the max key of
+// each block of kBlock elements; the k-th largest block max t is a threshold that at least
+// k elements reach, and every element >= t sits in a block whose max is >= t, so only those
+// (about k) blocks are read again to collect the candidates (all elements with key >= t).
+template <typename T, typename K = typename KeyType<T>::type>
+void select_row_blockmax(const T* x, int64_t D, int64_t k, std::vector<Cand<K>>& buf, std::vector<K>& bmax,
+                         std::vector<K>& tmp) {
+  const int64_t nb = D / kBlock;
+  bmax.resize(static_cast<size_t>(nb));
+  for (int64_t b = 0; b < nb; ++b) {
+    const T* xb = x + b * kBlock;
+    K m = std::numeric_limits<K>::min();
+    for (int64_t j = 0; j < kBlock; ++j) {
+      const K v = key_of(xb[j]);
+      m = v > m ? v : m;
+    }
+    bmax[b] = m;
+  }
+  tmp.assign(bmax.begin(), bmax.end());
+  std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<K>());
+  const K t = tmp[k - 1];
+  for (int64_t b = 0; b < nb; ++b) {
+    if (bmax[b] < t) continue;
+    const T* xb = x + b * kBlock;
+    for (int64_t j = 0; j < kBlock; ++j) {
+      const K kk = key_of(xb[j]);
+      if (kk >= t) buf.push_back({kk, b * kBlock + j});
+    }
+  }
+  for (int64_t i = nb * kBlock; i < D; ++i) {  // the tail, shorter than a block
+    const K kk = key_of(x[i]);
+    if (kk >= t) buf.push_back({kk, i});
+  }
+  std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), before<K>);
+  buf.resize(static_cast<size_t>(k));
+}
+
 // Select the top-k of one row (x: [D], unit stride) into buf[0..k) (unordered).
 template <typename T, typename K = typename KeyType<T>::type>
-void select_row(const T* x, int64_t D, int64_t k, std::vector<Cand<K>>& buf) {
+void select_row(const T* x, int64_t D, int64_t k, std::vector<Cand<K>>& buf, std::vector<K>& bmax,
+                std::vector<K>& tmp) {
   buf.clear();
   if (k >= D) {
     for (int64_t i = 0; i < D; ++i) buf.push_back({key_of(x[i]), i});
     return;
   }
-  const size_t cap = static_cast<size_t>(2 * k + 256);
+  if (D / kBlock >= 4 * k) return select_row_blockmax<T>(x, D, k, buf, bmax, tmp);
+  // Larger k: one streaming pass against a running threshold.
+  const size_t cap = static_cast<size_t>(4 * k + 64);
   auto compact = [&]() -> K {
     std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), before<K>);
     // nth_element leaves the k best in [0, k) with the k-th at k-1.
@@ -113,14 +155,13 @@ void select_row(const T* x, int64_t D, int64_t k, std::vector<Cand<K>>& buf) {
   if (buf.size() > static_cast<size_t>(k)) compact();
 }
 
+// torch.relu's semantics: negatives -> +0; NaN and -0.0 pass through unchanged.
 template <typename T>
 inline T apply_relu(T v, bool relu) {
-  if (!relu) return v;
-  const auto f = to_float(v);
-  return f > 0.0f ? v : from_float<T>(0.0f);
+  return (relu && to_float(v) < 0.0f) ? from_float<T>(0.0f) : v;
 }
 template <>
-inline double apply_relu<double>(double v, bool relu) { return (relu && !(v > 0.0)) ? 0.0 : v; }
+inline double apply_relu<double>(double v, bool relu) { return (relu && v < 0.0) ? 0.0 : v; }
 
 // x: [B, D] (row stride sx0, unit element stride).
 // Sparse mode (y == nullptr): vals [B, k], idx [B, k] contiguous, sorted (value desc, index asc).
@@ -131,13 +172,14 @@ void topk_forward_impl(const T* x, int64_t B, int64_t D, int64_t sx0, int64_t k,
                        int64_t* idx, T* y) {
   using K = typename KeyType<T>::type;
   // Rows are independent; a grain of a few rows amortizes the thread start for small D.
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+  const int64_t grain = std::max<int64_t>(1, 131072 / std::max<int64_t>(D, 1));
   parallel_for(B, grain, [&](int64_t b0, int64_t b1) {
     std::vector<Cand<K>> buf;
-    buf.reserve(static_cast<size_t>(std::min<int64_t>(D, 2 * k + 256 + kBlock)));
+    std::vector<K> bmax, tmp;
+    buf.reserve(static_cast<size_t>(std::min<int64_t>(D, 4 * k + 256 + kBlock)));
     for (int64_t r = b0; r < b1; ++r) {
       const T* xr = x + r * sx0;
-      select_row<T>(xr, D, k, buf);
+      select_row<T>(xr, D, k, buf, bmax, tmp);
       int64_t* ir = idx + r * k;
       if (y == nullptr) {
         std::sort(buf.begin(), buf.end(), before<K>);
@@ -168,7 +210,7 @@ template <typename T>
 bool topk_backward_impl(const T* grad, int64_t sg0, bool gather, const T* mask, int64_t sm0,
                         const int64_t* idx, int64_t B, int64_t k, int64_t D, T* out) {
   std::atomic<bool> ok{true};
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+  const int64_t grain = std::max<int64_t>(1, 131072 / std::max<int64_t>(D, 1));
   parallel_for(B, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t r = b0; r < b1; ++r) {
       T* o = out + r * D;
@@ -196,7 +238,7 @@ template <>
 bool topk_backward_impl<double>(const double* grad, int64_t sg0, bool gather, const double* mask, int64_t sm0,
                                 const int64_t* idx, int64_t B, int64_t k, int64_t D, double* out) {
   std::atomic<bool> ok{true};
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+  const int64_t grain = std::max<int64_t>(1, 131072 / std::max<int64_t>(D, 1));
   parallel_for(B, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t r = b0; r < b1; ++r) {
       double* o = out + r * D;
