@@ -19,6 +19,9 @@ if [ ! -f "$bdir/build.ninja" ]; then
     -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" "${extra[@]}" >/dev/null
 fi
 cmake --build "$bdir" -j 2
-cp -f "$bdir"/_C*.so pyaeplus/
-if [ $mode = cuda ]; then cp -f "$bdir"/_cuda*.so pyaeplus/; fi
+# Copy under a temporary name, then rename: overwriting the module in place (cp) corrupts the
+# mapping of every process that has it loaded (they segfault); a rename leaves them the old inode.
+install_so() { for f in "$@"; do cp -f "$f" "pyaeplus/.$(basename "$f").tmp" && mv -f "pyaeplus/.$(basename "$f").tmp" "pyaeplus/$(basename "$f")"; done; }
+install_so "$bdir"/_C*.so
+if [ $mode = cuda ]; then install_so "$bdir"/_cuda*.so; fi
 echo "built $mode -> pyaeplus/"
