@@ -6,7 +6,7 @@ weights, then max-symmetrized: random gathers, as for a k-NN graph of shuffled d
 
 * ``torch naive gather`` (anchor): ``(w * (z[rows] - z[cols]).pow(2).sum(1)).sum()`` with autograd;
 * ``torch.sparse.mm``: ``2 * (z * (L @ z)).sum()`` with ``L = D - W`` as a sparse CSR tensor
-  (``L`` built once, outside the timing) and autograd;
+  (``L`` built once, outside the timing) and autograd; ``(COO)``: the same with a COO ``L``;
 * ``pyaeplus[<backend>]``: ``pyaeplus.laplacian_loss`` (fused loss + gradient in one pass; the
   backward only scales the saved gradient), with ``pyaeplus.config.check_finite`` off (one row
   keeps it on to show its cost).
@@ -52,6 +52,7 @@ def rows_for(r: harness.Runner, n: int, d: int, k: int, dtype: torch.dtype) -> N
     z = torch.randn(n, d, device=dev, dtype=dtype, requires_grad=True)
     rows, cols, w = g.rows(), g.indices, g.weights.to(dtype)
     lap = g.laplacian(None).to(dtype)
+    lap_coo = lap.to_sparse_coo().coalesce()
     g.prepare(None)
     esz = z.element_size()
     csr_bytes = g.nnz * (8 + 4) + (n + 1) * 8
@@ -72,8 +73,13 @@ def rows_for(r: harness.Runner, n: int, d: int, k: int, dtype: torch.dtype) -> N
         with torch.no_grad():
             (2 * (z * torch.sparse.mm(lap, z)).sum())
 
+    def sparse_coo():
+        z.grad = None
+        (2 * (z * torch.sparse.mm(lap_coo, z)).sum()).backward()
+
     r.add("torch naive gather", cfg, "full", naive, anchor=True)
     r.add("torch.sparse.mm", cfg, "full", sparse)
+    r.add("torch.sparse.mm (COO)", cfg, "full", sparse_coo)
     r.add("torch naive gather", cfg, "forward", naive_fwd, anchor=True)
     r.add("torch.sparse.mm", cfg, "forward", sparse_fwd)
 
