@@ -255,3 +255,52 @@ def test_sampler_bad_args():
         NeighborBatchSampler(g, 4, neighbors=-1)
     with pytest.raises(TypeError, match="seed"):
         NeighborBatchSampler(g, 4, seed="x")
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_grad_csr_operands(symmetric):
+    g0 = torch.Generator().manual_seed(12)
+    w = (torch.rand(17, 17, generator=g0) < 0.3).float() * torch.rand(17, 17, generator=g0)
+    w[3, 3] = 0.7  # a self-loop: counts in the degree, contributes nothing to S
+    w[5] = 0
+    w[:, 5] = 0  # an isolated node
+    if symmetric:
+        w = torch.maximum(w, w.T)
+    g = Graph.from_dense(w)
+    d = w.sum(1)
+    inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
+    off = 1 - torch.eye(17)
+    for norm, ww in ((None, w), ("sym", w), ("rw", w * inv[:, None])):
+        ip, ix, sw, scale = g._grad_csr(norm)
+        s = Graph(ip, ix, sw).to_dense()
+        torch.testing.assert_close(s, (ww + ww.T) * off)
+        if norm == "sym":
+            torch.testing.assert_close(scale, inv.sqrt())
+        else:
+            assert scale is None
+        assert g._grad_csr(norm)[0] is ip  # cached
+
+
+def test_sampled_batches_train_with_the_regularizer():
+    import pyaeplus
+
+    x = torch.randn(400, 6, generator=torch.Generator().manual_seed(13))
+    g = Graph.from_knn(knn_of(x, 5))
+    enc = torch.nn.Linear(6, 3)
+    reg = pyaeplus.nn.LaplacianRegularizer(0.5, normalization="sym")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.arange(400)),
+                                         batch_sampler=NeighborBatchSampler(g, 64, neighbors=4, seed=0))
+    for xb, idx in loader:
+        sub = g.subgraph(idx)
+        assert sub.nnz > 0
+        loss = reg(enc(xb), sub)
+        loss.backward()
+        # the same value from the dense statement on the batch
+        zb = enc(xb).detach().double()
+        wb = g.to_dense()[idx][:, idx].double()
+        db = wb.sum(1)
+        s = torch.where(db > 0, db.rsqrt(), torch.zeros_like(db))
+        yb = zb * s[:, None]
+        expect = 0.5 * (wb * (yb[:, None] - yb[None]).pow(2).sum(-1)).sum()
+        torch.testing.assert_close(loss.double(), expect, rtol=1e-4, atol=1e-5)
+    assert enc.weight.grad is not None and torch.isfinite(enc.weight.grad).all()
