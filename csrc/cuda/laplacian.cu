@@ -62,6 +62,9 @@ __global__ void laplacian_rows_grad_kernel(const T* __restrict__ z, int64_t n, i
       yi[r] = k < d ? si * load_acc(zi[k]) : A(0);
       acc[r] = A(0);
     }
+    // Unrolled so that the gathers of several neighbour rows are in flight together (the
+    // loads are independent across edges: restrict pointers, nothing written in the loop).
+#pragma unroll 4
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t j = __ldg(indices + p);
       const A w = static_cast<A>(__ldg(weights + p));
