@@ -485,8 +485,27 @@ def test_deep_ocsvm_uses_nu(nu):
     torch.testing.assert_close(s, -m.margin(x).detach())
 
 
+def test_deep_ocsvm_gamma_scale():
+    m = M.DeepOCSVM(M.DenseAE(6, [4], 3), n_features=16)
+    x = torch.randn(50, 6)
+    with pytest.raises(RuntimeError, match="gamma='scale' is not resolved"):
+        m.score(x)
+    m.eval()
+    with torch.no_grad():
+        z = m.encode(x)
+    g = m.init_gamma([x[:20], (x[20:], torch.zeros(30))])
+    assert math.isclose(g, 1.0 / (3 * float(z.var(unbiased=False))), rel_tol=1e-5)
+    assert m.config["gamma"] == "scale" and math.isclose(float(m.gamma), g)
+    m2 = M.DeepOCSVM(M.DenseAE(6, [4], 3), n_features=16)
+    m2.load_state_dict(m.state_dict())                 # a checkpoint keeps the resolved gamma
+    assert m2.score(x).shape == (50,)
+    m3 = M.DeepOCSVM(M.DenseAE(6, [4], 3), n_features=16)
+    m3.loss(x)                                         # the first training batch resolves it
+    assert float(m3.gamma) > 0
+
+
 def test_deep_ocsvm_loss_is_the_primal_objective():
-    m = M.DeepOCSVM(M.DenseAE(4, [], 2), nu=0.3, n_features=32, recon_weight=0.5)
+    m = M.DeepOCSVM(M.DenseAE(4, [], 2), nu=0.3, n_features=32, recon_weight=0.5, gamma=0.5)
     with torch.no_grad():
         m.w.normal_()
         m.rho.fill_(0.2)
@@ -497,7 +516,7 @@ def test_deep_ocsvm_loss_is_the_primal_objective():
     torch.testing.assert_close(out["svm"], svm.detach())
     torch.testing.assert_close(out["loss"], svm + 0.5 * out["recon"])
     # detach_latent: the SVM term leaves the encoder alone
-    m2 = M.DeepOCSVM(M.DenseAE(4, [], 2), nu=0.3, n_features=32, recon_weight=0.0)
+    m2 = M.DeepOCSVM(M.DenseAE(4, [], 2), nu=0.3, n_features=32, recon_weight=0.0, gamma=0.5)
     m2.loss(x)["loss"].backward()
     assert all(p.grad is None for p in m2.base.parameters())
 
@@ -706,6 +725,8 @@ def test_loss_compiles_without_graph_breaks(name, backend):
     x = _data(8)
     if isinstance(model, M.DeepSVDD):
         model.init_center(x)
+    if isinstance(model, M.DeepOCSVM):
+        model.init_gamma(x)
     model.eval()                      # deterministic (no dropout / noise / sampling) for comparison
     loss = torch.compile(lambda b: model.loss(b)["loss"], fullgraph=True, backend=backend)
     got = loss(x)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import _validate
-from .base import AutoEncoder, as_model, dense_latent, register
+from .base import AutoEncoder, as_model, dense_latent, register, split_batch
 
 
 @register("deep_ocsvm")
@@ -33,7 +33,8 @@ class DeepOCSVM(AutoEncoder):
     Args:
         base: the autoencoder, a model of the zoo or ``{"name": ..., "config": {...}}``.
         nu: ν in (0, 1].
-        gamma: RBF kernel width γ > 0 (default 1 / latent dimension).
+        gamma: RBF kernel width γ > 0, or ``"scale"`` (default): 1 / (d · Var(z)) from the
+            latents of the first training batch (or ``init_gamma(data)``), scikit-learn's rule.
         n_features: number D of random Fourier features.
         seed: seed of Ω and b.
         recon_weight: weight of the reconstruction term (0 trains the SVM only).
@@ -44,7 +45,7 @@ class DeepOCSVM(AutoEncoder):
         ``features``: (B, d) -> (B, D); ``margin``: x -> ⟨w, φ(z)⟩ − ρ (B,); ``score``: (B,) ρ − ⟨w, φ(z)⟩.
     """
 
-    def __init__(self, base: Any, *, nu: float = 0.1, gamma: float | None = None, n_features: int = 512,
+    def __init__(self, base: Any, *, nu: float = 0.1, gamma: float | str = "scale", n_features: int = 512,
                  seed: int = 0, recon_weight: float = 1.0, detach_latent: bool = True):
         super().__init__()
         self.base, desc = as_model("base", base)
@@ -57,15 +58,16 @@ class DeepOCSVM(AutoEncoder):
         self.nu, self.detach_latent = nu, bool(detach_latent)
         self.feature_shape, self.recon_loss = self.base.feature_shape, self.base.recon_loss
         self.latent_dim = self._latent_dim()
-        if gamma is None:
-            gamma = 1.0 / self.latent_dim
-        self.gamma = _validate.number("gamma", gamma, positive=True)
-        self._config = dict(base=desc, nu=nu, gamma=self.gamma, n_features=n_features, seed=seed,
+        if gamma != "scale":
+            gamma = _validate.number("gamma", gamma, positive=True)
+        self._config = dict(base=desc, nu=nu, gamma=gamma, n_features=n_features, seed=seed,
                             recon_weight=self.recon_weight, detach_latent=self.detach_latent)
         g = torch.Generator().manual_seed(seed)
-        # buffers: saved with the model and moved by .to(), never trained
-        self.register_buffer("omega", torch.randn(self.latent_dim, n_features, generator=g) * math.sqrt(2 * self.gamma))
+        # buffers: saved with the model and moved by .to(), never trained. Ω = sqrt(2γ)·omega,
+        # with γ a buffer too: 0 until gamma="scale" is resolved from data
+        self.register_buffer("omega", torch.randn(self.latent_dim, n_features, generator=g))
         self.register_buffer("phase", torch.rand(n_features, generator=g) * (2 * math.pi))
+        self.register_buffer("gamma", torch.tensor(0.0 if gamma == "scale" else gamma))
         self.w = nn.Parameter(torch.zeros(n_features))
         self.rho = nn.Parameter(torch.zeros(()))
 
@@ -93,10 +95,47 @@ class DeepOCSVM(AutoEncoder):
         """The autoencoder's reconstruction of x."""
         return self.base(x)
 
+    @torch.no_grad()
+    def init_gamma(self, data) -> float:
+        """Resolve ``gamma="scale"``: γ = 1 / (d · Var(z)) over the latents of ``data`` (a tensor or
+        an iterable of batches), scikit-learn's ``"scale"`` rule on the SVM's inputs. The loss does
+        this on the first training batch when γ is still unset.
+
+        Returns:
+            the new γ.
+        """
+        was = self.base.training
+        self.base.eval()
+        try:
+            batches = [data] if isinstance(data, torch.Tensor) else [split_batch(b)[0] for b in data]
+            z = torch.cat([dense_latent(self.base, self.base.encode(self.base._input(b, "data")[0])).float()
+                           for b in batches])
+        finally:
+            self.base.train(was)
+        return self._gamma_from(z)
+
+    def _gamma_from(self, z: torch.Tensor) -> float:
+        var = float(z.detach().float().var(unbiased=False))
+        if not var > 0:
+            raise ValueError("the latents have zero variance, so gamma='scale' is undefined; pass a number")
+        self.gamma.fill_(1.0 / (z.shape[1] * var))
+        self._gamma_known = True
+        return float(self.gamma)
+
+    def _gamma_ready(self) -> bool:
+        # reads the buffer (a device sync) only until it is known to be set
+        if not getattr(self, "_gamma_known", False) and float(self.gamma) > 0:
+            self._gamma_known = True
+        return getattr(self, "_gamma_known", False)
+
     def features(self, z) -> torch.Tensor:
         """Random Fourier features φ(z), (B, d) -> (B, D) (top-k codes are taken densely)."""
         z = dense_latent(self.base, z)
-        return math.sqrt(2.0 / self.omega.shape[1]) * torch.cos(z @ self.omega.to(z.dtype) + self.phase.to(z.dtype))
+        if not _validate._compiling() and not self._gamma_ready():
+            raise RuntimeError("gamma='scale' is not resolved yet: train (the first batch sets it) or call "
+                               "init_gamma(train_data)")
+        omega = self.omega.to(z.dtype) * torch.sqrt(2 * self.gamma).to(z.dtype)
+        return math.sqrt(2.0 / self.omega.shape[1]) * torch.cos(z @ omega + self.phase.to(z.dtype))
 
     def _margin_from_latent(self, z: torch.Tensor) -> torch.Tensor:
         f = self.features(z)
@@ -120,6 +159,8 @@ class DeepOCSVM(AutoEncoder):
         """(loss dict, latents)."""
         z = self.base.encode(x)
         zs = dense_latent(self.base, z)
+        if not _validate._compiling() and not self._gamma_ready():      # gamma="scale": first batch
+            self._gamma_from(zs)
         m = self._margin_from_latent(zs.detach() if self.detach_latent else zs)  # (B,) ⟨w,φ⟩ − ρ
         svm = 0.5 * self.w.square().sum() + torch.relu(-m).mean() / self.nu - self.rho
         out = {"svm": svm.detach(), "rho": self.rho.detach().clone(), "outside": (m < 0).float().mean().detach()}
