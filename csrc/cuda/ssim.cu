@@ -13,8 +13,10 @@
 //     thread owns 4 outputs down a column and reuses the vertical window in registers, so
 //     ~53 shared loads + ~150 FMA per output -> shared-memory bound, predicted ~0.20-0.28 ms
 //     for 249 MB of compulsory traffic: ~30-40 % of copy bandwidth.
-//   - backward (16x32 sources per CTA, halo 2(K-1), ~3x the forward's shared traffic):
-//     predicted ~0.7-1.0 ms for 498 MB (x, y read; dx, dy written): ~15-20 % of copy bandwidth.
+//   - backward (16x32 sources per CTA, halo 2(K-1); statistics recomputed on 26x42 centres,
+//     transposed window along H first (16 rows, 4-row register blocking) then along W):
+//     ~230 shared loads per source pixel, ~3x the forward's shared traffic, predicted
+//     ~0.6-0.9 ms for 498 MB (x, y read; dx, dy written): ~17-25 % of copy bandwidth.
 //   Where the GPU session finds these low, the next steps are: a larger backward tile (halo
 //   recompute is (26*42)/(16*32) = 2.1x of the centres), 2-wide horizontal register blocking,
 //   and float2 shared loads.
@@ -429,30 +431,63 @@ __global__ void __launch_bounds__(kThreads) ssim_bwd_kernel(
   }
   __syncthreads();
 
-  // Transposed window along W with the folded column weights: td[m][i][j], j a source column.
+  // Transposed window along H with the folded row weights: td[m][a][j], a a source row of the
+  // tile, j a centre column. Along H first: it runs on kBwdTH rows (not CH) of centres.
   acc_t* td = hs;
-  const int tplane = CH * kBwdTW;
-  for (int e = threadIdx.x; e < tplane; e += kThreads) {
-    const int i = e / kBwdTW, j = e % kBwdTW;
-    const acc_t* wj = wew + j * K;
-    const acc_t* p = sd + i * CW + j;
-    acc_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+  const int tplane = kBwdTH * CW;
+  if constexpr (KT > 0) {
+    // Groups of 4 source rows down a column share their loads of the derivative maps.
+    static_assert(kBwdTH % 4 == 0, "backward tile rows must be a multiple of 4");
+    for (int e = threadIdx.x; e < (kBwdTH / 4) * CW; e += kThreads) {
+      const int a0 = 4 * (e / CW), j = e - (e / CW) * CW;
+      acc_t t[4][4];
 #pragma unroll
-    for (int k = 0; k < (KT > 0 ? KT : K); ++k) {
-      const acc_t w = wj[k];
-      t0 += w * p[k];
-      t1 += w * p[cplane + k];
-      t2 += w * p[2 * cplane + k];
-      t3 += w * p[3 * cplane + k];
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int m = 0; m < 4; ++m) t[r][m] = 0;
+      const acc_t* p = sd + a0 * CW + j;
+#pragma unroll
+      for (int o = 0; o < KT + 3; ++o) {  // centre row a0 + o
+        acc_t v[4];
+#pragma unroll
+        for (int m = 0; m < 4; ++m) v[m] = p[m * cplane + o * CW];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int k = o - r;
+          if (k >= 0 && k < KT) {
+            const acc_t w = weh[(a0 + r) * KT + k];
+#pragma unroll
+            for (int m = 0; m < 4; ++m) t[r][m] += w * v[m];
+          }
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int m = 0; m < 4; ++m) td[m * tplane + (a0 + r) * CW + j] = t[r][m];
     }
-    td[e] = t0;
-    td[tplane + e] = t1;
-    td[2 * tplane + e] = t2;
-    td[3 * tplane + e] = t3;
+  } else {
+    for (int e = threadIdx.x; e < tplane; e += kThreads) {
+      const int a = e / CW, j = e - (e / CW) * CW;
+      const acc_t* wa = weh + a * K;
+      const acc_t* p = sd + a * CW + j;
+      acc_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+      for (int k = 0; k < K; ++k) {
+        const acc_t w = wa[k];
+        t0 += w * p[k * CW];
+        t1 += w * p[cplane + k * CW];
+        t2 += w * p[2 * cplane + k * CW];
+        t3 += w * p[3 * cplane + k * CW];
+      }
+      td[e] = t0;
+      td[tplane + e] = t1;
+      td[2 * tplane + e] = t2;
+      td[3 * tplane + e] = t3;
+    }
   }
   __syncthreads();
 
-  // Transposed window along H, then d/dx = T_mx + 2 x T_xx + y T_xy (and the mirror for y).
+  // Transposed window along W, then d/dx = T_mx + 2 x T_xx + y T_xy (and the mirror for y).
   const acc_t gln = gl[nc];
   scalar_t* dxb = dx + n * dxs.n + c * dxs.c;
   scalar_t* dyb = dy + n * dys.n + c * dys.c;
@@ -460,16 +495,16 @@ __global__ void __launch_bounds__(kThreads) ssim_bwd_kernel(
     const int a = e / kBwdTW, j = e % kBwdTW;
     const int s_h = sh0 + a, s_w = sw0 + j;
     if (s_h >= H || s_w >= W) continue;
-    const acc_t* wa = weh + a * K;
-    const acc_t* p = td + a * kBwdTW + j;
+    const acc_t* wj = wew + j * K;
+    const acc_t* p = td + a * CW + j;
     acc_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
 #pragma unroll
     for (int k = 0; k < (KT > 0 ? KT : K); ++k) {
-      const acc_t w = wa[k];
-      t0 += w * p[k * kBwdTW];
-      t1 += w * p[tplane + k * kBwdTW];
-      t2 += w * p[2 * tplane + k * kBwdTW];
-      t3 += w * p[3 * tplane + k * kBwdTW];
+      const acc_t w = wj[k];
+      t0 += w * p[k];
+      t1 += w * p[tplane + k];
+      t2 += w * p[2 * tplane + k];
+      t3 += w * p[3 * tplane + k];
     }
     const int li = (a + 2 * P) * RW + j + 2 * P;
     const acc_t xv = sx[li], yv = sy[li];
