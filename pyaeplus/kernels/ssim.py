@@ -7,12 +7,14 @@ METHOD (prediction before measurement, H100 SXM, fp32 5x3x1080x1920, K=11 Gaussi
   Padding modes are index maps on the loads (reflect / replicate / circular gather, zeros and
   valid mask), so every mode shares one kernel; the backward folds the padded gradient back
   onto source pixels with a 0/1 selection product (reflect / replicate only).
-  Per output the band products cost ~2*5*(RH+RW)*(R/(R-K+1))^2 FMA-flops: the kernels are
-  bound by fp32 FMA throughput, not by memory.
-  - forward  (R 32x64): ~1.1 kFLOP/output -> ~35 GFLOP, predicted ~1.0-1.5 ms,
-    i.e. ~15-25 % of copy bandwidth for the 249 MB it must read.
-  - backward (R 64x64, 22 dot products): ~4 kFLOP/source pixel, predicted ~3-4 ms,
-    ~10 % of copy bandwidth for the 498 MB it must move (x, y read; dx, dy written).
+  A band product does R FMAs per element where only K are non-zero, so the kernels are
+  bound by fp32 FMA throughput (~60 TFLOP/s on CUDA cores), not by memory:
+  - forward  (R 32x64, 10 products of 2*32*64*64 or 2*32*32*64 flops per 22x54 outputs):
+    ~1.7 kFLOP/output -> ~50 GFLOP, predicted ~1.5-2.5 ms, i.e. ~10-17 % of copy bandwidth
+    for the 249 MB it must read.
+  - backward (R 64x64, 18 products, +4 for the reflect/replicate fold, per 44x44 sources):
+    ~5.5 kFLOP/source pixel -> ~170 GFLOP, predicted ~5-7 ms, ~3-5 % of copy bandwidth for
+    the 498 MB it must move (x, y read; dx, dy written).
   The CUDA C++ kernels (csrc/cuda/ssim.cu) are the bandwidth-oriented implementation; these
   are the portable default. ``PYAEPLUS_SSIM_TRITON_PRECISION=tf32x3`` moves the products to
   tensor cores (predicted ~3-5x faster, ~1e-6 relative error on the statistics); to be measured.
