@@ -239,6 +239,8 @@ def test_bad_k_type_and_args():
         knn_graph(x, 2, chunk_size=0, progress=False)
     with pytest.raises(TypeError, match="index_params"):
         knn_graph(x, 2, index_params=[1], progress=False)
+    with pytest.raises(ValueError, match="distributed=True supports index='flat'"):
+        knn_graph(x, 2, index="hnsw", distributed=True, progress=False)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])

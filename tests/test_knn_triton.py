@@ -104,12 +104,20 @@ def test_gpu_backends_equal_cpu(metric, dtype):
     x[2000] = x[10]
     x = x.to(dtype)
     ref = knn_graph(x.float(), 10, metric=metric, backend="faiss", progress=False)
-    for tf32 in (False, True):
-        g = knn_graph(x.float().cuda(), 10, metric=metric, backend="triton", tf32=tf32, progress=False)
-        assert torch.equal(g.indices, ref.indices)
+
+    def same(g):
+        # GPU and CPU reductions may differ in the last bits: lists agree except at near-ties.
         torch.testing.assert_close(g.distances, ref.distances, atol=1e-5, rtol=1e-5)
-    g = knn_graph(x.cuda(), 10, metric=metric, backend="torch", progress=False)
-    assert (g.indices == ref.indices).float().mean() > 0.999
+        diff = g.indices != ref.indices
+        assert diff.float().mean() < 1e-3
+        assert torch.allclose(g.distances[diff], ref.distances[diff], atol=1e-5, rtol=1e-5)
+        if metric != "ip":  # under ip a row's duplicate need not be its nearest
+            assert g.indices[10, 0] == 2000 and g.indices[2000, 0] == 10
+
+    for tf32 in (False, True):
+        same(knn_graph(x.float().cuda(), 10, metric=metric, backend="triton", tf32=tf32, progress=False))
+    same(knn_graph(x.cuda(), 10, metric=metric, backend="torch", progress=False))
+    same(knn_graph(x.cuda(), 10, metric=metric, progress=False))  # auto
 
 
 _COMPILE_SCRIPT = r"""

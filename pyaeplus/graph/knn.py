@@ -581,6 +581,8 @@ def knn_graph(x, k: int, *, metric: str = "l2", backend: str = "auto", index: st
     params = dict(index_params or {})
     device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
     if distributed:
+        if index != "flat" or params:
+            raise ValueError(f"distributed=True supports index='flat' only (exact merge), got index={index!r}")
         from . import _distributed
         return _distributed.knn_graph_distributed(x, k, metric=metric, backend=backend, exclude_self=exclude_self,
                                                   chunk_size=chunk_size, progress=progress, tf32=tf32)
