@@ -664,6 +664,9 @@ def test_laplacian_bad_batches():
         m.loss(x[:8])
     with pytest.raises(ValueError, match="idx"):
         m.loss((x[:8], torch.arange(7)))
+    with pytest.raises(ValueError, match="idx"):
+        m.loss({"x": x[:8], "y": torch.arange(8)})      # labels are not node indices
+    assert torch.isfinite(m.loss({"x": x[:8], "idx": torch.arange(8)})["loss"])
     with pytest.raises(RuntimeError, match="no graph"):
         M.LaplacianAE(M.DenseAE(144, [], 2)).loss((x[:8], torch.arange(8)))
     with pytest.raises(TypeError, match="graph must be"):

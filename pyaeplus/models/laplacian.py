@@ -155,6 +155,8 @@ class LaplacianAE(AutoEncoder):
             (stored edges inside the batch).
         """
         x, idx = self.base._input(batch)
+        if isinstance(batch, dict):             # {"x", "y"} carries labels, not node indices
+            idx = batch.get("idx")
         if idx is None or not isinstance(idx, torch.Tensor) and not isinstance(idx, (list, tuple)):
             raise ValueError("batch must be (x, idx) with idx the node indices of the samples (use "
                              "IndexedDataset and NeighborBatchSampler); got no indices")
