@@ -6,7 +6,11 @@ Every model is a plain ``nn.Module`` with the same protocol:
 * ``loss(batch) -> dict[str, Tensor]``: the total under ``"loss"`` (backpropagate it) and each
   term by name (``"recon"``, ``"kl"``, ...; terms other than ``"loss"`` are detached);
   ``batch`` is a tensor, an ``(x, y)`` / ``(x, idx)`` tuple or a dict with ``"x"``;
-* ``score(x) -> (B,)``: anomaly score, higher = more anomalous;
+* ``loss_terms(x) -> (dict, latents)``: the same for a validated input, plus the latents the loss
+  was computed from (wrappers such as ``LaplacianAE`` add terms on them without encoding twice);
+* ``score(x) -> (B,)``: anomaly score, higher = more anomalous (reconstruction error under the
+  model's loss name; negative ELBO for the VAE; distance to the centre for Deep SVDD; ρ − margin
+  for Deep OC-SVM); call ``model.eval()`` first, it runs in the current mode;
 * ``config``: JSON-able constructor arguments; ``build(model.model_name, **model.config)``
   rebuilds the model without unpickling code (``MODELS`` maps names to classes).
 
@@ -18,6 +22,11 @@ Training-loop hooks a model may define (``pyaeplus.train.fit`` calls them when p
   soft-boundary radius update).
 
 ``loader`` is the training data (a DataLoader or any iterable of batches).
+
+Reconstruction losses are chosen by name (``RECON_LOSSES``): ``mse``, ``mae``, ``bce`` (from
+logits when the output activation is a sigmoid), and the fused-kernel image losses ``ssim``,
+``ms_ssim``, ``l1_ssim`` (``pyaeplus.nn.SSIMLoss`` / ``MS_SSIM`` / ``L1SSIMLoss``, configured
+with ``loss_options``).
 """
 
 from __future__ import annotations
