@@ -6,6 +6,7 @@
 // Each thread owns a contiguous block of rows and writes only those rows: deterministic.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -49,8 +50,11 @@ void laplacian_rows_grad_impl(const T* z, int64_t n, int64_t d, int64_t sz0,  //
                               T* grad) {                                      // [n, d] contiguous, or null
   using A = acc_t<T>;
   const bool want_grad = grad != nullptr;
-  // ~ (nnz/n) * d flops per row: grain keeps a chunk well above the OpenMP fork cost.
-  parallel_for(n, 64, [&](int64_t b, int64_t e) {
+  // Work ~ (nnz + n) * d: a chunk gets at least ~32k element-ops so that small graphs (one
+  // mini-batch subgraph) run on one thread instead of paying the OpenMP fork/barrier.
+  const int64_t work = (indptr[n] + n) * (d > 0 ? d : 1);
+  const int64_t grain = work < (int64_t(1) << 16) ? n : std::max<int64_t>(16, n * (int64_t(1) << 15) / work);
+  parallel_for(n, grain, [&](int64_t b, int64_t e) {
     std::vector<A> yi(d), acc(d), bi(d), bj(d);
     const int64_t p_lim = indptr[e];  // prefetching runs on into the next rows of this chunk
     for (int64_t i = b; i < e; ++i) {

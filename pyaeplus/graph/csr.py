@@ -276,18 +276,19 @@ class Graph:
         n = self.num_nodes
         if b.numel() and (int(b.min()) < 0 or int(b.max()) >= n):
             raise ValueError(f"batch_indices must lie in [0, {n})")
-        pos = torch.full((n,), -1, dtype=torch.int64, device=self.device)
-        pos[b] = torch.arange(b.numel(), device=self.device)
-        if int((pos >= 0).sum()) != b.numel():
+        # O(batch edges * log B), no O(N) buffer: look columns up in the sorted batch.
+        sb, perm = torch.sort(b)
+        if sb.numel() > 1 and bool((sb[1:] == sb[:-1]).any()):
             raise ValueError("batch_indices must not contain duplicates")
         start, cnt = self.indptr[b], self.indptr[b + 1] - self.indptr[b]
         new_row = torch.repeat_interleave(torch.arange(b.numel(), device=self.device), cnt)
         # edge positions of the batch rows, in batch order: start[row] + rank within row
         offs = torch.cumsum(cnt, 0) - cnt
         e = start[new_row] + (torch.arange(new_row.numel(), device=self.device) - offs[new_row])
-        col = pos[self.indices[e]]
-        keep = col >= 0
-        new_row, col, w = new_row[keep], col[keep], self.weights[e[keep]]
+        c = self.indices[e]
+        at = torch.searchsorted(sb, c).clamp_(max=max(sb.numel() - 1, 0))
+        keep = sb[at] == c if sb.numel() else torch.zeros_like(c, dtype=torch.bool)
+        new_row, col, w = new_row[keep], perm[at[keep]], self.weights[e[keep]]
         indptr = torch.zeros(b.numel() + 1, dtype=torch.int64, device=self.device)
         indptr[1:] = torch.cumsum(torch.bincount(new_row, minlength=b.numel()), 0)
         return Graph(indptr, col, w, b.numel(), validate=False)
