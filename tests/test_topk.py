@@ -239,6 +239,22 @@ def test_compile_fullgraph():
     torch.testing.assert_close(gc, ge)
 
 
+def test_compile_fullgraph_batch_and_eval():
+    torch._dynamo.reset()
+
+    def step(x):
+        y = F.topk_activation(x, 3, batch=True, relu=True)
+        c = F.topk_activation(x, 2, batch=True, output="sparse", sparse_format="csr")
+        e = F.topk_activation(x, 2, training=False, alpha=2.0)
+        return y.sum() + c.values.sum() + c.crow.sum() + (e * 1.5).sum()
+
+    x = torch.randn(5, 17, requires_grad=True)
+    out_c = torch.compile(step, fullgraph=True, dynamic=False)(x)
+    out_e = step(x)
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(torch.autograd.grad(out_c, x)[0], torch.autograd.grad(out_e, x)[0])
+
+
 # ---- inference k and BatchTopK ----------------------------------------------------------
 
 def test_k_eval_and_alpha():
