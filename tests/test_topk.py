@@ -408,3 +408,21 @@ def test_gpu_nan_and_opcheck(backend):
         xs = _distinct(4, 13, torch.float32, device="cuda", gap=0.1).requires_grad_()
         torch.library.opcheck(torch.ops.pyaeplus.topk_sparse.default, (xs, 5, True))
         torch.library.opcheck(torch.ops.pyaeplus.topk_dense.default, (xs, 5, False))
+
+
+@pytest.mark.slow
+def test_benchmark_size_parity():
+    # The benchmark's shape (B=4096, D=16384, k=32): large enough for the streamed zero-fill
+    # and both CPU selection paths (k=32: block maxima; k=1024: running threshold).
+    x = torch.randn(4096, 16384)
+    for k in (32, 1024):
+        vals, idx = F.topk_activation(x, k, relu=True, output="sparse")
+        rv, ri = torch.topk(x, k)
+        assert torch.equal(vals, torch.relu(rv))
+        # torch.topk's tie order is unspecified: rows where it differs go to the reference
+        rows = (idx != ri).any(1).nonzero().flatten()
+        assert len(rows) < x.shape[0] // 8  # fp32 randn repeats values now and then
+        ri[rows] = ref.select(x[rows], k)
+        assert torch.equal(idx, ri)
+        y = F.topk_activation(x, k, relu=True)
+        assert torch.equal(y, torch.zeros_like(x).scatter(1, ri, torch.relu(rv)))
