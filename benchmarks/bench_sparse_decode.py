@@ -39,7 +39,7 @@ def _pyaeplus_providers(device: str) -> list[tuple[str, str]]:
 
 def sae_rows(r: harness.Runner, B: int, D: int, k: int, d_out: int, dtype: torch.dtype) -> None:
     dev = r.device
-    cfg = {"B": B, "D": D, "k": k, "d_out": d_out, "dtype": str(dtype).replace("torch.", "")}
+    cfg = {"step": "topk+decode", "B": B, "D": D, "k": k, "d_out": d_out, "dtype": str(dtype).replace("torch.", "")}
     pre = torch.randn(B, D, device=dev, dtype=dtype, requires_grad=True)
     W = (torch.randn(D, d_out, device=dev, dtype=dtype) / d_out ** 0.5).requires_grad_()
     b = torch.zeros(d_out, device=dev, dtype=dtype, requires_grad=True)
@@ -74,7 +74,7 @@ def sae_rows(r: harness.Runner, B: int, D: int, k: int, d_out: int, dtype: torch
 
 def decode_rows(r: harness.Runner, B: int, D: int, k: int, d_out: int, dtype: torch.dtype) -> None:
     dev = r.device
-    cfg = {"B": B, "D": D, "k": k, "d_out": d_out, "dtype": str(dtype).replace("torch.", "")}
+    cfg = {"step": "decode", "B": B, "D": D, "k": k, "d_out": d_out, "dtype": str(dtype).replace("torch.", "")}
     # distinct indices per row, as top-k produces
     idx = torch.rand(B, D, device=dev).topk(k, dim=-1).indices
     vals = torch.rand(B, k, device=dev, dtype=dtype).requires_grad_()
