@@ -111,3 +111,15 @@ def pathlib_name(p: str) -> str:
 def test_demo_bad_data(tmp_path, capsys):
     assert main(["demo", "--data", "ecg5000:/nowhere", "--out", str(tmp_path)]) == 2
     assert "--data must be" in capsys.readouterr().err
+
+
+def test_demo_on_real_mnist(data_root, tmp_path, capsys):
+    out = tmp_path / "mnist"
+    rc = main(["demo", "--data", f"mnist:{data_root}", "--normal-class", "1", "--quick", "--epochs", "1",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0
+    assert "class 1" in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    # digit 1 against all other digits: even one short epoch separates them well
+    assert res["n_train"] == 768 and res["n_test"] == 400 and 300 < res["n_anomalies"] < 400
+    assert res["auroc"] > 0.8, res

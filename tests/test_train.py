@@ -449,3 +449,21 @@ def test_ddp_two_processes_equal_one(tmp_path):
 @pytest.mark.slow
 def test_ddp_under_torchrun(tmp_path):
     _run_ddp_job(tmp_path, torchrun=True)
+
+
+# ---- GPU (skipped without CUDA) ------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", [True, "fp16", False])
+def test_cuda_amp_trains_and_resumes_exactly(tmp_path, amp):
+    x = _data(n=512)
+    kw = dict(batch_size=64, lr=3e-3, seed=2, device="cuda", amp=amp, progress=False)
+    straight = _model()
+    r = fit(straight, x, epochs=3, **kw)
+    assert r.history[-1]["train"]["loss"] < r.history[0]["train"]["loss"]
+    assert next(straight.parameters()).device.type == "cuda"
+    first = _model()
+    fit(first, x, epochs=1, checkpoint_dir=tmp_path, **kw)
+    resumed = _model(seed=9)
+    fit(resumed, x, epochs=3, checkpoint_dir=tmp_path, resume=True, **kw)
+    assert _same(straight, resumed)  # GradScaler state and CUDA RNG come back too
