@@ -131,7 +131,10 @@ void forward_impl(const T* x, int64_t sxn, int64_t sxc, int64_t sxh, int64_t sxw
   std::vector<double> part(P * nb * 3);
   const std::vector<int64_t> colmap = make_colmap(g);
 
-  parallel_for(P * nb, 1, [&](int64_t tb, int64_t te) {
+  // Small problems stay on one thread: waking a team costs more than the work.
+  const int64_t task_work = (g.Ho / nb + g.K) * g.Wp * g.K;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, task_work));
+  parallel_for(P * nb, grain, [&](int64_t tb, int64_t te) {
     Stream<A> st(g, w);
     for (int64_t t = tb; t < te; ++t) {
       const int64_t p = t / nb, b = t % nb, n = p / C, c = p % C;
@@ -238,7 +241,8 @@ void backward_impl(const acc_t<T>* gss, const acc_t<T>* gcs, const acc_t<T>* gl1
   const int64_t np = static_cast<int64_t>(pend_rows.size());
 
   // One plane per task: the fold of padded rows onto source rows stays inside the task.
-  parallel_for(P, 1, [&](int64_t tb, int64_t te) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, g.Hp * g.Wp * K));
+  parallel_for(P, grain, [&](int64_t tb, int64_t te) {
     Stream<A> st(g, w);
     std::vector<A> G(4 * Wo), gsv(Wo), h(4 * Wp), T4(K * 4 * Wp), f(4 * W), pend(std::max<int64_t>(1, np) * 4 * W);
     for (int64_t p = tb; p < te; ++p) {
