@@ -7,16 +7,24 @@ any kernel runs.
 
 from __future__ import annotations
 
+import numbers as _numbers
+from typing import List as _List, NamedTuple as _NamedTuple, Optional as _Optional, Sequence as _Sequence
+from typing import Tuple as _Tuple
+
+import torch as _torch
+
+from . import _validate as _v
+from .graph.csr import Graph as _Graph
+# Importing the op modules registers the pyaeplus:: custom ops.
+from .ops import laplacian as _ops_lap
+from .ops import sparse_decode as _ops_sparse_decode  # noqa: F401
+from .ops import ssim as _ssim_ops
+from .ops import topk as _topk_ops  # noqa: F401
+from .reference import ssim as _ssim_ref
+
 __all__: list[str] = []
 
 # ---- top-k sparse activation ------------------------------------------------------------
-
-from typing import NamedTuple as _NamedTuple  # noqa: E402
-
-import torch as _torch  # noqa: E402
-
-from . import _validate as _v  # noqa: E402
-from .ops import topk as _topk_ops  # noqa: E402,F401  (registers pyaeplus::topk_*)
 
 
 class TopKResult(_NamedTuple):
@@ -144,16 +152,12 @@ __all__ += ["topk_activation", "TopKResult", "BatchTopKCOO", "BatchTopKCSR"]
 
 # ---- sparse decoder ---------------------------------------------------------------------
 
-import torch as _torch_sd  # noqa: E402
-
-from . import _validate as _v_sd  # noqa: E402
-from .ops import sparse_decode as _ops_sparse_decode  # noqa: E402,F401  (registers pyaeplus::sparse_decode)
 
 __all__ += ["sparse_decode"]
 
 
-def sparse_decode(values: _torch_sd.Tensor, indices: _torch_sd.Tensor, weight: _torch_sd.Tensor,
-                  bias: _torch_sd.Tensor | None = None) -> _torch_sd.Tensor:
+def sparse_decode(values: _torch.Tensor, indices: _torch.Tensor, weight: _torch.Tensor,
+                  bias: _torch.Tensor | None = None) -> _torch.Tensor:
     """Decode sparse codes: ``out[..., :] = sum_j values[..., j] * weight[indices[..., j], :] + bias``.
 
     The fused gather-matmul of a top-k sparse autoencoder's decoder: the codes stay sparse
@@ -181,11 +185,11 @@ def sparse_decode(values: _torch_sd.Tensor, indices: _torch_sd.Tensor, weight: _
             and finite checks are skipped while ``torch.compile`` traces; the kernels then
             bounds-check (CPU: raise) or mask (GPU: an out-of-range index contributes zero).
     """
-    values = _v_sd.tensor("values", values, min_ndim=1)
-    indices = _v_sd.tensor("indices", indices, min_ndim=1, dtypes=(_torch_sd.int64, _torch_sd.int32))
-    weight = _v_sd.tensor("weight", weight, ndim=2)
+    values = _v.tensor("values", values, min_ndim=1)
+    indices = _v.tensor("indices", indices, min_ndim=1, dtypes=(_torch.int64, _torch.int32))
+    weight = _v.tensor("weight", weight, ndim=2)
     if bias is not None:
-        bias = _v_sd.tensor("bias", bias, ndim=1)
+        bias = _v.tensor("bias", bias, ndim=1)
     if weight.dtype != values.dtype:
         raise TypeError(f"weight must have the dtype of values ({values.dtype}), got {weight.dtype}")
     if bias is not None and bias.dtype != values.dtype:
@@ -196,29 +200,24 @@ def sparse_decode(values: _torch_sd.Tensor, indices: _torch_sd.Tensor, weight: _
     if bias is not None and bias.shape[0] != d_out:
         raise ValueError(f"bias must have shape ({d_out},) to match weight {tuple(weight.shape)}, "
                          f"got {tuple(bias.shape)}")
-    _v_sd.same_device(values=values, indices=indices, weight=weight, bias=bias)
-    _v_sd.finite("values", values)
-    _v_sd.finite("weight", weight)
+    _v.same_device(values=values, indices=indices, weight=weight, bias=bias)
+    _v.finite("values", values)
+    _v.finite("weight", weight)
     if bias is not None:
-        _v_sd.finite("bias", bias)
-    if not _v_sd._compiling():
-        lo, hi = _torch_sd.aminmax(indices)
+        _v.finite("bias", bias)
+    if not _v._compiling():
+        lo, hi = _torch.aminmax(indices)
         lo, hi = int(lo), int(hi)
         if lo < 0 or hi >= D:
             raise ValueError(f"indices must lie in [0, {D}) (weight has {D} rows), got values in [{lo}, {hi}]")
     k = values.shape[-1]
     lead = values.shape[:-1]
-    out = _torch_sd.ops.pyaeplus.sparse_decode(values.reshape(-1, k), indices.reshape(-1, k), weight, bias)
+    out = _torch.ops.pyaeplus.sparse_decode(values.reshape(-1, k), indices.reshape(-1, k), weight, bias)
     return out.reshape(*lead, d_out)
 
 
 # ---- SSIM / MS-SSIM ---------------------------------------------------------------------
 
-import numbers as _numbers  # noqa: E402
-from typing import List as _List, Optional as _Optional, Sequence as _Sequence, Tuple as _Tuple  # noqa: E402
-
-from .ops import ssim as _ssim_ops  # noqa: E402  (registers pyaeplus::ssim_stats*)
-from .reference import ssim as _ssim_ref  # noqa: E402
 
 _MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang, Simoncelli & Bovik 2003
 
@@ -481,11 +480,6 @@ __all__ += ["ssim", "ms_ssim", "ssim_map", "ssim_loss", "l1_ssim_loss"]
 
 # ---- graph-Laplacian regularization ------------------------------------------------------
 
-import torch as _torch_lap  # noqa: E402
-
-from . import _validate as _v_lap  # noqa: E402
-from .graph.csr import Graph as _Graph  # noqa: E402
-from .ops import laplacian as _ops_lap  # noqa: E402  (registers pyaeplus::laplacian_loss*)
 
 _LAP_REDUCTIONS = {"none": _ops_lap.RED_NONE, "sum": _ops_lap.RED_SUM, "mean": _ops_lap.RED_MEAN}
 
@@ -519,10 +513,10 @@ def laplacian_loss(z, graph, *, normalization=None, reduction="sum"):
     Returns:
         Scalar (``"sum"``/``"mean"``) or (N,) (``"none"``) tensor, float32 (float64 for float64 ``z``).
     """
-    _v_lap.tensor("z", z, ndim=2)
+    _v.tensor("z", z, ndim=2)
     if not isinstance(graph, _Graph):
         raise TypeError(f"graph must be a pyaeplus.graph.Graph, got {type(graph).__name__}")
-    _v_lap.choice("normalization", normalization, (None, "sym", "rw"))
+    _v.choice("normalization", normalization, (None, "sym", "rw"))
     red = _LAP_REDUCTIONS.get(reduction) if isinstance(reduction, str) else None
     if red is None:
         raise ValueError(f"reduction must be one of ('none', 'sum', 'mean'), got {reduction!r}")
@@ -530,9 +524,9 @@ def laplacian_loss(z, graph, *, normalization=None, reduction="sum"):
         raise ValueError(f"graph has {graph.num_nodes} nodes but z has {z.shape[0]} rows; they must match")
     if graph.device != z.device:
         raise ValueError(f"graph is on {graph.device} but z is on {z.device}; move it with graph.to(z.device)")
-    _v_lap.finite("z", z)
+    _v.finite("z", z)
     indptr, indices, weights, scale = graph._grad_csr(normalization)
-    need_grad = z.requires_grad and _torch_lap.is_grad_enabled()
+    need_grad = z.requires_grad and _torch.is_grad_enabled()
     loss, _ = _ops_lap.laplacian_loss(z, indptr, indices, weights, scale, red, float(max(graph.nnz, 1)), need_grad)
     return loss
 

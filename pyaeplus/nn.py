@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import math as _math
+from typing import List as _List, Optional as _Optional, Sequence as _Sequence
+
+import torch as _torch
+
+from . import functional as _F
+from .reference import ssim as _ssim_ref
+
 __all__: list[str] = []
 
 # ---- top-k sparse activation ------------------------------------------------------------
-
-import torch as _torch  # noqa: E402
-
-from . import functional as _F  # noqa: E402
 
 
 class TopK(_torch.nn.Module):
@@ -54,16 +58,11 @@ __all__ += ["TopK"]
 
 # ---- sparse decoder ---------------------------------------------------------------------
 
-import math as _math_sd  # noqa: E402
-
-import torch as _torch_sd  # noqa: E402
-
-from . import functional as _F_sd  # noqa: E402
 
 __all__ += ["SparseDecoder"]
 
 
-class SparseDecoder(_torch_sd.nn.Module):
+class SparseDecoder(_torch.nn.Module):
     """Decoder of a top-k sparse autoencoder: ``pyaeplus.sparse_decode(values, indices, weight, bias)``.
 
     ``weight`` is (num_latents, out_features): row ``i`` is latent ``i``'s decoder direction,
@@ -90,19 +89,19 @@ class SparseDecoder(_torch_sd.nn.Module):
         if self.num_latents < 1 or self.out_features < 1:
             raise ValueError(f"num_latents and out_features must be >= 1, got {num_latents}, {out_features}")
         kw = {"device": device, "dtype": dtype}
-        self.weight = _torch_sd.nn.Parameter(_torch_sd.empty(self.num_latents, self.out_features, **kw))
+        self.weight = _torch.nn.Parameter(_torch.empty(self.num_latents, self.out_features, **kw))
         if bias:
-            self.bias = _torch_sd.nn.Parameter(_torch_sd.empty(self.out_features, **kw))
+            self.bias = _torch.nn.Parameter(_torch.empty(self.out_features, **kw))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         # nn.Linear(num_latents, out_features): kaiming_uniform(a=sqrt(5)) -> U(±1/sqrt(fan_in)).
-        bound = 1.0 / _math_sd.sqrt(self.num_latents)
-        _torch_sd.nn.init.uniform_(self.weight, -bound, bound)
+        bound = 1.0 / _math.sqrt(self.num_latents)
+        _torch.nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
-            _torch_sd.nn.init.uniform_(self.bias, -bound, bound)
+            _torch.nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, values, indices=None):
         if indices is None:
@@ -110,7 +109,7 @@ class SparseDecoder(_torch_sd.nn.Module):
                 raise TypeError("SparseDecoder.forward takes (values, indices) or one (values, indices) pair, "
                                 f"got {type(values).__name__}")
             values, indices = values
-        return _F_sd.sparse_decode(values, indices, self.weight, self.bias)
+        return _F.sparse_decode(values, indices, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"num_latents={self.num_latents}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -118,15 +117,8 @@ class SparseDecoder(_torch_sd.nn.Module):
 
 # ---- SSIM / MS-SSIM ---------------------------------------------------------------------
 
-from typing import List as _SList, Optional as _SOptional, Sequence as _SSequence  # noqa: E402
 
-import torch as _storch  # noqa: E402
-
-from . import functional as _sF  # noqa: E402
-from .reference import ssim as _ssim_ref  # noqa: E402
-
-
-class _SSIMBase(_storch.nn.Module):
+class _SSIMBase(_torch.nn.Module):
     def __init__(self, data_range, win_size, win_sigma, channel, spatial_dims, K, padding, window):
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -142,8 +134,8 @@ class _SSIMBase(_storch.nn.Module):
         self.win = taps.reshape((1, 1) + (1,) * (spatial_dims - 1) + (win_size,)).repeat(
             (channel, 1) + (1,) * spatial_dims)
 
-    def _check(self, X: _storch.Tensor) -> None:
-        if isinstance(X, _storch.Tensor) and X.dim() >= 2 and X.shape[1] != self.channel:
+    def _check(self, X: _torch.Tensor) -> None:
+        if isinstance(X, _torch.Tensor) and X.dim() >= 2 and X.shape[1] != self.channel:
             raise ValueError(f"X has {X.shape[1]} channels but the module was built with channel={self.channel}")
 
     def _kw(self) -> dict:
@@ -158,14 +150,14 @@ class SSIM(_SSIMBase):
 
     def __init__(self, data_range: float = 255, size_average: bool = True, win_size: int = 11,
                  win_sigma: float = 1.5, channel: int = 3, spatial_dims: int = 2,
-                 K: _SSequence[float] = (0.01, 0.03), nonnegative_ssim: bool = False, *, padding: str = "valid",
-                 window: str = "gaussian", reduction: _SOptional[str] = None) -> None:
+                 K: _Sequence[float] = (0.01, 0.03), nonnegative_ssim: bool = False, *, padding: str = "valid",
+                 window: str = "gaussian", reduction: _Optional[str] = None) -> None:
         super().__init__(data_range, win_size, win_sigma, channel, spatial_dims, K, padding, window)
         self.size_average, self.nonnegative_ssim, self.reduction = size_average, nonnegative_ssim, reduction
 
-    def forward(self, X: _storch.Tensor, Y: _storch.Tensor) -> _storch.Tensor:
+    def forward(self, X: _torch.Tensor, Y: _torch.Tensor) -> _torch.Tensor:
         self._check(X)
-        return _sF.ssim(X, Y, size_average=self.size_average, nonnegative_ssim=self.nonnegative_ssim,
+        return _F.ssim(X, Y, size_average=self.size_average, nonnegative_ssim=self.nonnegative_ssim,
                         reduction=self.reduction, **self._kw())
 
 
@@ -174,44 +166,44 @@ class MS_SSIM(_SSIMBase):
 
     def __init__(self, data_range: float = 255, size_average: bool = True, win_size: int = 11,
                  win_sigma: float = 1.5, channel: int = 3, spatial_dims: int = 2,
-                 weights: _SOptional[_SList[float]] = None, K: _SSequence[float] = (0.01, 0.03), *,
-                 padding: str = "valid", window: str = "gaussian", reduction: _SOptional[str] = None) -> None:
+                 weights: _Optional[_List[float]] = None, K: _Sequence[float] = (0.01, 0.03), *,
+                 padding: str = "valid", window: str = "gaussian", reduction: _Optional[str] = None) -> None:
         super().__init__(data_range, win_size, win_sigma, channel, spatial_dims, K, padding, window)
         self.size_average, self.weights, self.reduction = size_average, weights, reduction
 
-    def forward(self, X: _storch.Tensor, Y: _storch.Tensor) -> _storch.Tensor:
+    def forward(self, X: _torch.Tensor, Y: _torch.Tensor) -> _torch.Tensor:
         self._check(X)
-        return _sF.ms_ssim(X, Y, size_average=self.size_average, weights=self.weights, reduction=self.reduction,
+        return _F.ms_ssim(X, Y, size_average=self.size_average, weights=self.weights, reduction=self.reduction,
                            **self._kw())
 
 
-class SSIMLoss(_storch.nn.Module):
+class SSIMLoss(_torch.nn.Module):
     """``1 - SSIM(X, Y)`` (:func:`pyaeplus.functional.ssim_loss`); defaults for images in [0, 1]."""
 
     def __init__(self, data_range: float = 1.0, win_size: int = 11, win_sigma: float = 1.5,
-                 K: _SSequence[float] = (0.01, 0.03), *, padding: str = "valid", window: str = "gaussian",
+                 K: _Sequence[float] = (0.01, 0.03), *, padding: str = "valid", window: str = "gaussian",
                  reduction: str = "mean") -> None:
         super().__init__()
         self.kw = dict(data_range=data_range, win_size=win_size, win_sigma=win_sigma, K=K, padding=padding,
                        window=window, reduction=reduction)
 
-    def forward(self, X: _storch.Tensor, Y: _storch.Tensor) -> _storch.Tensor:
-        return _sF.ssim_loss(X, Y, **self.kw)
+    def forward(self, X: _torch.Tensor, Y: _torch.Tensor) -> _torch.Tensor:
+        return _F.ssim_loss(X, Y, **self.kw)
 
 
-class L1SSIMLoss(_storch.nn.Module):
+class L1SSIMLoss(_torch.nn.Module):
     """``(1 - alpha) * L1 + alpha * (1 - SSIM)`` from one kernel pass
     (:func:`pyaeplus.functional.l1_ssim_loss`)."""
 
     def __init__(self, alpha: float = 0.84, data_range: float = 1.0, win_size: int = 11, win_sigma: float = 1.5,
-                 K: _SSequence[float] = (0.01, 0.03), *, padding: str = "valid", window: str = "gaussian",
+                 K: _Sequence[float] = (0.01, 0.03), *, padding: str = "valid", window: str = "gaussian",
                  reduction: str = "mean") -> None:
         super().__init__()
         self.kw = dict(alpha=alpha, data_range=data_range, win_size=win_size, win_sigma=win_sigma, K=K,
                        padding=padding, window=window, reduction=reduction)
 
-    def forward(self, X: _storch.Tensor, Y: _storch.Tensor) -> _storch.Tensor:
-        return _sF.l1_ssim_loss(X, Y, **self.kw)
+    def forward(self, X: _torch.Tensor, Y: _torch.Tensor) -> _torch.Tensor:
+        return _F.l1_ssim_loss(X, Y, **self.kw)
 
 
 __all__ += ["SSIM", "MS_SSIM", "SSIMLoss", "L1SSIMLoss"]
@@ -219,12 +211,8 @@ __all__ += ["SSIM", "MS_SSIM", "SSIMLoss", "L1SSIMLoss"]
 
 # ---- graph-Laplacian regularization ------------------------------------------------------
 
-import torch as _torch_lap  # noqa: E402
 
-from . import functional as _F_lap  # noqa: E402
-
-
-class LaplacianRegularizer(_torch_lap.nn.Module):
+class LaplacianRegularizer(_torch.nn.Module):
     """``lam * pyaeplus.laplacian_loss(z, graph, normalization=..., reduction=...)``.
 
     Args:
@@ -247,8 +235,8 @@ class LaplacianRegularizer(_torch_lap.nn.Module):
             raise ValueError(f"reduction must be one of ('none', 'sum', 'mean'), got {reduction!r}")
         self.lam, self.normalization, self.reduction = float(lam), normalization, reduction
 
-    def forward(self, z: _torch_lap.Tensor, graph) -> _torch_lap.Tensor:
-        return self.lam * _F_lap.laplacian_loss(z, graph, normalization=self.normalization, reduction=self.reduction)
+    def forward(self, z: _torch.Tensor, graph) -> _torch.Tensor:
+        return self.lam * _F.laplacian_loss(z, graph, normalization=self.normalization, reduction=self.reduction)
 
     def extra_repr(self) -> str:
         return f"lam={self.lam}, normalization={self.normalization!r}, reduction={self.reduction!r}"
