@@ -1,0 +1,43 @@
+"""The README's Python examples run as written (the training one with fewer epochs, marked slow)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from conftest import DATA_ROOT, REPO
+
+
+def _blocks() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_has_examples():
+    assert len(_blocks()) >= 2
+
+
+def test_quick_tour_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = _blocks()[0]
+    ns: dict = {}
+    exec(compile(code, "README.md:tour", "exec"), ns)
+    assert float(ns["s"].detach()) > 0.5 and ns["per_image"].shape == (8,)
+    assert ns["amap"].shape == (8, 3, 256, 256)
+    assert ns["out"].shape == (1024, 768)
+    assert (ns["dense"] != 0).sum(-1).max() <= 32
+    assert ns["sub"].num_nodes == len(next(iter(ns["sampler"])))
+
+
+@pytest.mark.slow
+def test_training_example_runs(tmp_path, monkeypatch):
+    if not (DATA_ROOT / "fashion-mnist").exists():
+        pytest.skip("needs ../shared/data")
+    monkeypatch.chdir(tmp_path)
+    code = _blocks()[1].replace('"../shared/data/fashion-mnist"', repr(os.fspath(DATA_ROOT / "fashion-mnist")))
+    code = code.replace("epochs=10", "epochs=1")
+    ns: dict = {}
+    exec(compile(code, "README.md:models", "exec"), ns)
+    assert ns["scores"].shape == (1000,)
