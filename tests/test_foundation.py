@@ -133,3 +133,20 @@ def test_dtype_codes_match_common_h():
     assert _ext.DTYPE_CODES[torch.float32] == 0 and _ext.DTYPE_CODES[torch.bfloat16] == 2
     with pytest.raises(TypeError, match="cannot cross"):
         _ext.dtype_code(torch.zeros(1, dtype=torch.complex64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_finite_check_catches_every_nonfinite(dtype, bad):
+    t = torch.ones(1001, dtype=dtype)
+    t[537] = bad
+    with pytest.raises(ValueError, match="x contains"):
+        _validate.finite("x", t)
+
+
+def test_finite_check_passes_finite_values_whose_sum_overflows():
+    # the fast path's sum overflows to inf; the exact check must still accept the tensor
+    _validate.finite("x", torch.full((16,), 3e38))
+    _validate.finite("x", torch.full((4096,), 60000.0, dtype=torch.float16))
+    with pytest.raises(ValueError, match="1 NaN and 1 Inf"):
+        _validate.finite("x", torch.tensor([3e38, 3e38, float("inf"), float("nan")]))
