@@ -16,11 +16,13 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <type_traits>
 #include <limits>
 #include <vector>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#include <immintrin.h>
 #endif
 
 #include "common.h"
@@ -96,6 +98,41 @@ inline void zero_fill(void* p, size_t bytes, bool stream) {
 // Above this many output bytes the zero-fill streams past the caches.
 constexpr int64_t kStreamBytes = 16 << 20;
 
+constexpr int kBlockAvx = 32;  // == kBlock below
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PYAEPLUS_TOPK_AVX2 1
+// The block-maximum pass is the whole cost of a small-k selection (every element is read
+// once, ~7 integer ops each). Written with AVX2 intrinsics in a function compiled for AVX2 and
+// picked at run time, so the wheel stays portable: 8 keys per instruction instead of 1.
+// Produces exactly key_bits32 of every element (-0 -> +0's key, NaN -> INT32_MAX).
+__attribute__((target("avx2"))) void block_max_keys_f32_avx2(const float* x, int64_t nb, int32_t* out) {
+  const __m256i sign = _mm256_set1_epi32(static_cast<int32_t>(0x80000000u));
+  const __m256i mag = _mm256_set1_epi32(0x7FFFFFFF);
+  const __m256i inf = _mm256_set1_epi32(0x7F800000);
+  const __m256i imax = _mm256_set1_epi32(INT32_MAX);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kBlockAvx;  // x: [nb * 32], one block of 32 per output
+    __m256i m = _mm256_set1_epi32(INT32_MIN);
+    for (int j = 0; j < kBlockAvx; j += 8) {
+      __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + j));
+      v = _mm256_andnot_si256(_mm256_cmpeq_epi32(v, sign), v);               // -0.0 -> +0.0
+      const __m256i a = _mm256_and_si256(v, mag);
+      __m256i k = _mm256_xor_si256(v, _mm256_and_si256(_mm256_srai_epi32(v, 31), mag));
+      k = _mm256_blendv_epi8(k, imax, _mm256_cmpgt_epi32(a, inf));             // NaN -> max
+      m = _mm256_max_epi32(m, k);
+    }
+    __m128i h = _mm_max_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+    h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+    h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+    out[b] = _mm_cvtsi128_si32(h);
+  }
+}
+inline bool cpu_has_avx2() {
+  static const bool v = __builtin_cpu_supports("avx2");
+  return v;
+}
+#endif
+
 template <typename K>
 struct Cand {
   K key;
@@ -108,6 +145,7 @@ inline bool before(const Cand<K>& a, const Cand<K>& b) {
 }
 
 constexpr int64_t kBlock = 32;
+static_assert(kBlock == kBlockAvx, "the AVX2 block-max pass assumes 32-element blocks");
 
 // Small k (D / kBlock >= 4k): block maxima. Pass 1 (vectorizable) takes the max key of
 // each block of kBlock elements; the k-th largest block max t is a threshold that at least
@@ -118,7 +156,16 @@ void select_row_blockmax(const T* x, int64_t D, int64_t k, std::vector<Cand<K>>&
                          std::vector<K>& tmp) {
   const int64_t nb = D / kBlock;
   bmax.resize(static_cast<size_t>(nb));
-  for (int64_t b = 0; b < nb; ++b) {
+  bool done = false;
+#ifdef PYAEPLUS_TOPK_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_has_avx2()) {
+      block_max_keys_f32_avx2(x, nb, bmax.data());
+      done = true;
+    }
+  }
+#endif
+  for (int64_t b = 0; !done && b < nb; ++b) {
     const T* xb = x + b * kBlock;
     K m = std::numeric_limits<K>::min();
     for (int64_t j = 0; j < kBlock; ++j) {
