@@ -1,0 +1,434 @@
+"""Batch scoring: streams a dataset through a model and writes per-sample scores in resumable chunks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pathlib
+import shutil
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+SCORES = ("model", "mse", "mae", "bce", "ssim", "ms_ssim", "latent_knn", "svdd", "elbo")
+
+
+# ---- data --------------------------------------------------------------------------------------
+class _Batches(torch.utils.data.Dataset):
+    """Item i = the rows [lo + i*bs, min(hi, lo + (i+1)*bs)) of ``data`` as one float tensor, so that
+    DataLoader workers read whole batches (``get_batch`` when the dataset has it: one read per batch)."""
+
+    def __init__(self, data, starts: list[int], bs: int, hi: int):
+        self.data, self.starts, self.bs, self.hi = data, starts, bs, hi
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int):
+        s = self.starts[i]
+        e = min(self.hi, s + self.bs)
+        if hasattr(self.data, "get_batch"):
+            b = self.data.get_batch(torch.arange(s, e))
+            x = b[0] if isinstance(b, (tuple, list)) else b
+        else:
+            items = [self.data[j] for j in range(s, e)]
+            x = torch.stack([torch.as_tensor(it[0] if isinstance(it, (tuple, list)) else it) for it in items])
+        return s, x
+
+
+def _dataset(data):
+    from ..data.base import as_dataset
+
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        if data.ndim < 1 or data.shape[0] == 0:
+            raise ValueError(f"data must hold at least one sample, got shape {tuple(data.shape)}")
+        t = torch.as_tensor(data) if isinstance(data, torch.Tensor) else torch.from_numpy(np.asarray(data))
+        if not t.is_floating_point():
+            raise TypeError(f"data given as a tensor/array must be floating point, got {t.dtype}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError("data contains NaN or Inf")
+    ds = as_dataset(data)
+    if len(ds) == 0:
+        raise ValueError("data is empty (0 samples)")
+    return ds
+
+
+# ---- score functions ---------------------------------------------------------------------------
+def _image(model, t: torch.Tensor) -> torch.Tensor:
+    shape = getattr(model, "image_shape", None)
+    if shape is not None:
+        return t.reshape(t.shape[0], *shape)
+    if t.dim() != 4:
+        raise ValueError(f"score 'ssim'/'ms_ssim' and maps need image data (N, C, H, W); got shape {tuple(t.shape)}")
+    return t
+
+
+def _per_sample(e: torch.Tensor) -> torch.Tensor:
+    return e.reshape(e.shape[0], -1).float().mean(1)
+
+
+def _error_map(model, x, out) -> torch.Tensor:
+    """Per-pixel squared error (N, H, W), channels averaged."""
+    return ((_image(model, out).float() - _image(model, x).float()) ** 2).mean(1)
+
+
+_MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def _ms_ssim_window(side: int) -> tuple[int, list[float]]:
+    """The 5-level, 11-pixel MS-SSIM needs 176-pixel images; small images (28x28) get the most
+    levels that fit (>= 2) with the largest window among 11, 7, 3, weights renormalized."""
+    for win in (11, 7, 3):
+        levels = min(5, int(math.floor(math.log2(side / win))) + 1) if side >= win else 0
+        if levels >= 2:
+            w = _MS_WEIGHTS[:levels]
+            return win, [v / sum(w) for v in w]
+    raise ValueError(f"score 'ms_ssim' needs images of at least 6 pixels per side, got {side}")
+
+
+def _score_fn(name, model, knn_ref, k: int, maps: bool) -> Callable[[torch.Tensor], tuple[torch.Tensor, Any]]:
+    """fn(x) -> (scores (B,) float32, maps (B, H, W) float32 or None)."""
+    from .. import functional as F
+
+    data_range = float(getattr(model, "data_range", 1.0))
+
+    def recon(x):
+        return model(x)
+
+    def maps_of(x, out, ssim_map=False):
+        if not maps:
+            return None
+        if ssim_map:
+            xi, oi = _image(model, x).float(), _image(model, out).float()
+            return (1.0 - F.ssim_map(oi, xi, data_range=data_range, padding="same")).mean(1)
+        return _error_map(model, x, out)
+
+    if callable(name):
+        def fn(x):
+            s = name(model, x)
+            return torch.as_tensor(s).reshape(x.shape[0]).float(), (maps_of(x, recon(x)) if maps else None)
+        return fn
+    if name in ("model", "svdd", "elbo"):
+        def fn(x):
+            return model.score(x).float(), (maps_of(x, recon(x)) if maps else None)
+        return fn
+    if name in ("mse", "mae", "bce"):
+        def fn(x):
+            out = recon(x)
+            xo = x.reshape(out.shape).float()
+            of = out.float()
+            if name == "mse":
+                e = (of - xo) ** 2
+            elif name == "mae":
+                e = (of - xo).abs()
+            else:
+                e = torch.nn.functional.binary_cross_entropy(of.clamp(1e-7, 1 - 1e-7), xo.clamp(0, 1), reduction="none")
+            return _per_sample(e), maps_of(x, out)
+        return fn
+    if name in ("ssim", "ms_ssim"):
+        def fn(x):
+            out = recon(x)
+            xi, oi = _image(model, x).float(), _image(model, out).float()
+            if name == "ssim":
+                s = 1.0 - F.ssim(oi, xi, data_range=data_range, reduction="none", padding="same")
+            else:
+                win, w = _ms_ssim_window(min(xi.shape[-2:]))
+                s = 1.0 - F.ms_ssim(oi, xi, data_range=data_range, reduction="none", padding="same",
+                                    win_size=win, weights=w)
+            return s.reshape(x.shape[0]).float(), maps_of(x, out, ssim_map=True)
+        return fn
+    if name == "latent_knn":
+        from ..models.base import dense_latent
+
+        def fn(x):
+            z = dense_latent(model, model.encode(x)).float()
+            d = torch.cdist(z, knn_ref.to(z.device))
+            kk = min(k, knn_ref.shape[0])
+            return d.topk(kk, dim=1, largest=False).values.mean(1), (maps_of(x, recon(x)) if maps else None)
+        return fn
+    raise ValueError(f"score must be one of {SCORES} or a callable(model, x) -> (B,), got {name!r}")
+
+
+# ---- fingerprint / ledger ----------------------------------------------------------------------
+def fingerprint(model: torch.nn.Module, score_name: str, n: int, extra: dict | None = None) -> str:
+    """sha256 over the model's class, config and weights, the score name, the row count and ``extra``:
+    a resumed job with other settings is refused."""
+    h = hashlib.sha256()
+    h.update(type(model).__qualname__.encode())
+    cfg = getattr(model, "config", None)
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode() if cfg is not None else b"-")
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if t.numel() else b"")
+    h.update(json.dumps({"score": score_name, "n": n, **(extra or {})}, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _atomic_json(path: pathlib.Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_npy(path: pathlib.Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _check_out(out) -> tuple[pathlib.Path, str]:
+    p = pathlib.Path(out).expanduser()
+    fmt = p.suffix.lower().lstrip(".")
+    if fmt not in ("npy", "csv", "parquet"):
+        raise ValueError(f"out must end in .npy, .csv or .parquet, got {str(out)!r}")
+    if not p.parent.is_dir():
+        raise ValueError(f"out: the directory {str(p.parent)!r} does not exist")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ValueError("out=*.parquet needs pyarrow (pip install pyarrow); use .npy or .csv") from None
+    return p, fmt
+
+
+def _write_final(p: pathlib.Path, fmt: str, scores: np.ndarray) -> None:
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    if fmt == "npy":
+        with open(tmp, "wb") as f:
+            np.save(f, scores)
+    elif fmt == "csv":
+        with open(tmp, "w") as f:
+            f.write("index,score\n")
+            for i, s in enumerate(scores.tolist()):
+                f.write(f"{i},{s!r}\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"index": np.arange(len(scores), dtype=np.int64), "score": scores}), tmp)
+    os.replace(tmp, p)
+
+
+def read_scores(path) -> np.ndarray:
+    """Scores written by :func:`score` (``.npy``, ``.csv`` or ``.parquet``) as a float32 array (N,)."""
+    p = pathlib.Path(path)
+    fmt = p.suffix.lower()
+    if fmt == ".npy":
+        return np.load(p)
+    if fmt == ".csv":
+        return np.loadtxt(p, delimiter=",", skiprows=1, usecols=1, dtype=np.float64, ndmin=1).astype(np.float32)
+    import pyarrow.parquet as pq
+
+    return pq.read_table(p).column("score").to_numpy().astype(np.float32)
+
+
+# ---- engine ------------------------------------------------------------------------------------
+def _device(device) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batch_size: int = 256,
+          device: str | torch.device = "auto", amp: bool = True, num_workers: int = 0, out=None,
+          resume: bool = True, maps: bool = False, progress: bool = True, chunk_size: int | None = None,
+          knn_reference=None, k: int = 5) -> np.ndarray:
+    """Score every sample of ``data`` with ``model``, in input order (higher = more anomalous).
+
+    Args:
+        model: a pyaeplus.models model (or any module with ``forward``, ``encode``, ``score`` as needed).
+        data: (N, ...) float tensor/array, a Dataset (items ``x`` or ``(x, y)``; ``get_batch`` used when
+            present) or a ``MemmapDataset``.
+        score: ``"model"`` (the model's own ``score``), ``"mse"``, ``"mae"``, ``"bce"`` (per-sample mean),
+            ``"ssim"``/``"ms_ssim"`` (1 − similarity per image), ``"latent_knn"`` (mean distance to the
+            ``k`` nearest rows of ``knn_reference`` latents), ``"svdd"``/``"elbo"`` (the model's score of
+            Deep SVDD / VAE models), or ``callable(model, x) -> (B,)``.
+        batch_size: rows per forward pass.
+        device: ``"auto"`` (CUDA when present) or a device.
+        amp: bfloat16 autocast on CUDA (ignored on CPU).
+        num_workers: DataLoader worker processes reading batches (pinned memory on CUDA).
+        out: optional ``.npy``/``.csv``/``.parquet`` path. Chunks land in ``<out>.parts/`` with a JSON
+            ledger; the final file is written atomically at the end and the parts removed.
+        resume: with ``out``, skip the chunks a previous (killed) run completed; settings must match.
+        maps: also return per-pixel maps (N, H, W): 1 − SSIM map for ssim scores, squared error
+            otherwise; with ``out``, written to ``<out stem>.maps.npy``.
+        progress: print throughput at the end.
+        chunk_size: rows per written chunk (rounded up to a multiple of batch_size); default 64 batches.
+        knn_reference: (M, ...) training samples (or (M, d) latents with ``k``-NN) for ``"latent_knn"``.
+        k: neighbours for ``"latent_knn"``.
+
+    Returns:
+        float32 array (N,) of scores; with ``maps=True`` a tuple ``(scores, maps (N, H, W))``.
+        Under ``torch.distributed`` every rank scores a contiguous shard and gets the full result.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(score) and score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES} or a callable(model, x) -> (B,), got {score!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    if score == "svdd" and not hasattr(model, "c"):
+        raise ValueError("score='svdd' needs a Deep SVDD model (pyaeplus.models 'svdd')")
+    if score == "elbo" and not hasattr(model, "encode_dist"):
+        raise ValueError("score='elbo' needs a VAE model (pyaeplus.models 'vae')")
+    ds = _dataset(data)
+    n = len(ds)
+    dev = _device(device)
+    model = model.to(dev).eval()
+    score_name = score if isinstance(score, str) else f"callable:{getattr(score, '__qualname__', repr(score))}"
+
+    knn_ref = None
+    if score == "latent_knn":
+        if knn_reference is None:
+            raise ValueError("score='latent_knn' needs knn_reference (the normal training samples)")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        knn_ref = _latents(model, knn_reference, batch_size, dev)
+
+    chunk = batch_size * 64 if chunk_size is None else int(chunk_size)
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size!r}")
+    chunk = -(-chunk // batch_size) * batch_size
+
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    per = -(-n // world)
+    lo, hi = min(n, rank * per), min(n, (rank + 1) * per)
+
+    parts = p = fmt = None
+    if out is not None:
+        p, fmt = _check_out(out)
+        parts = p.with_name(p.name + ".parts")
+        fp = fingerprint(model, score_name, n, {"chunk": chunk, "maps": bool(maps), "world": world, "k": k})
+        parts.mkdir(exist_ok=True)
+        ledger_path = parts / f"ledger-{rank}.json"
+        done: set[tuple[int, int]] = set()
+        if ledger_path.exists():
+            led = json.loads(ledger_path.read_text())
+            if led.get("fingerprint") != fp:
+                raise ValueError(f"out: {parts} holds a run with other settings (model, score, data size, chunk size "
+                                 "or world size differ); delete it or choose another out path")
+            if resume:
+                done = {tuple(c) for c in led["done"]}
+        ledger = {"fingerprint": fp, "n": n, "rank": rank, "world": world, "lo": lo, "hi": hi, "done": sorted(done)}
+        _atomic_json(ledger_path, ledger)
+
+    fn = _score_fn(score, model, knn_ref, k, maps)
+    chunks = [(s, min(hi, s + chunk)) for s in range(lo, hi, chunk)]
+    todo = [c for c in chunks if parts is None or c not in done]
+    starts = [s for (cs, ce) in todo for s in range(cs, ce, batch_size)]
+    results: dict[tuple[int, int], tuple[np.ndarray, np.ndarray | None]] = {}
+
+    cuda = dev.type == "cuda"
+    loader = torch.utils.data.DataLoader(_Batches(ds, starts, batch_size, hi), batch_size=None, shuffle=False,
+                                         num_workers=num_workers, pin_memory=cuda,
+                                         persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    use_amp = bool(amp) and cuda
+    t0, rows = time.perf_counter(), 0
+    it = iter(loader)
+    ci = 0
+    buf_s: list[torch.Tensor] = []
+    buf_m: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for s, x in it:
+            x = x.to(dev, non_blocking=True)
+            if x.dtype != next(iter(model.parameters()), x).dtype and x.is_floating_point():
+                x = x.to(next(model.parameters()).dtype)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                sc, mp = fn(x)
+            buf_s.append(sc.float())
+            if maps:
+                buf_m.append(mp.float())
+            rows += x.shape[0]
+            cs, ce = todo[ci]
+            if s + x.shape[0] >= ce:
+                arr = torch.cat(buf_s).cpu().numpy().astype(np.float32, copy=False)
+                marr = torch.cat(buf_m).cpu().numpy().astype(np.float32, copy=False) if maps else None
+                buf_s, buf_m = [], []
+                if arr.shape[0] != ce - cs:
+                    raise RuntimeError(f"scored {arr.shape[0]} rows for chunk [{cs}, {ce})")
+                if parts is not None:
+                    _atomic_npy(parts / f"part-{cs:012d}-{ce:012d}.npy", arr)
+                    if maps:
+                        _atomic_npy(parts / f"maps-{cs:012d}-{ce:012d}.npy", marr)
+                    ledger["done"] = sorted(set(map(tuple, ledger["done"])) | {(cs, ce)})
+                    _atomic_json(ledger_path, ledger)
+                else:
+                    results[(cs, ce)] = (arr, marr)
+                ci += 1
+    dt = time.perf_counter() - t0
+    if progress and rows:
+        print(f"pyaeplus.scoring: {rows} rows in {dt:.2f} s ({rows / max(dt, 1e-9):,.0f} rows/s) on {dev}")
+
+    if parts is not None:
+        if world > 1:
+            torch.distributed.barrier()
+        if rank == 0:
+            all_chunks = []
+            for r in range(world):
+                rlo, rhi = min(n, r * per), min(n, (r + 1) * per)
+                all_chunks += [(s, min(rhi, s + chunk)) for s in range(rlo, rhi, chunk)]
+            full = np.concatenate([np.load(parts / f"part-{cs:012d}-{ce:012d}.npy") for cs, ce in all_chunks])
+            if full.shape[0] != n:
+                raise RuntimeError(f"assembled {full.shape[0]} rows, expected {n}")
+            if maps:
+                mp_path = p.with_name(p.stem + ".maps.npy")
+                m0 = np.load(parts / f"maps-{all_chunks[0][0]:012d}-{all_chunks[0][1]:012d}.npy", mmap_mode="r")
+                tmp = mp_path.with_name(f".{mp_path.name}.tmp{os.getpid()}")
+                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *m0.shape[1:]))
+                for cs, ce in all_chunks:
+                    mm[cs:ce] = np.load(parts / f"maps-{cs:012d}-{ce:012d}.npy")
+                mm.flush()
+                del mm
+                os.replace(tmp, mp_path)
+            _write_final(p, fmt, full)
+            shutil.rmtree(parts, ignore_errors=True)
+        if world > 1:
+            torch.distributed.barrier()
+        full = read_scores(p).astype(np.float32)
+        if maps:
+            return full, np.load(p.with_name(p.stem + ".maps.npy"), mmap_mode="r")
+        return full
+
+    mine = [results[c] for c in chunks]
+    sc = np.concatenate([a for a, _ in mine]) if mine else np.zeros(0, np.float32)
+    mp = np.concatenate([m for _, m in mine]) if (maps and mine) else None
+    if world > 1:
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, (sc, mp))
+        sc = np.concatenate([g[0] for g in gathered])
+        mp = np.concatenate([g[1] for g in gathered if g[1] is not None]) if maps else None
+    return (sc, mp) if maps else sc
+
+
+def _latents(model, ref, batch_size: int, dev) -> torch.Tensor:
+    """(M, d) float32 latents of the reference samples (encoded batch by batch); a 2-d float tensor
+    whose width is not the model's input is taken as latents already."""
+    from ..models.base import dense_latent
+
+    ds = _dataset(ref)
+    outs = []
+    with torch.inference_mode():
+        for s in range(0, len(ds), batch_size):
+            b = _Batches(ds, [s], batch_size, len(ds))[0][1].to(dev)
+            outs.append(dense_latent(model, model.encode(b)).float())
+    return torch.cat(outs)
+
+
+__all__ = ["score", "read_scores", "fingerprint", "SCORES"]
