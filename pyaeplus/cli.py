@@ -364,6 +364,163 @@ def _add_demo_parser(sub) -> None:
     s.set_defaults(func=_cmd_demo)
 
 
+# ---- knn-graph / score (pyaeplus/scoring, pyaeplus/viz) ------------------------------------------
+
+def _score_data(spec: str, split: str, options: dict):
+    from .data.registry import open_dataset
+
+    if ":" not in spec and spec.endswith(".npy"):
+        spec = "npy:" + spec
+    return open_dataset(spec, split=split, **options)
+
+
+def _parse_threshold(text: str):
+    """'0.3' -> fixed value; 'pot:q=1e-3,init_level=0.98' -> (method, kwargs)."""
+    try:
+        return None, {"value": float(text)}
+    except ValueError:
+        pass
+    method, _, rest = text.partition(":")
+    kw = {}
+    for item in filter(None, rest.split(",")):
+        if "=" not in item:
+            raise SystemExit(f"pyaeplus score: --threshold options must be KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        kw[k] = _json_value(v)
+    return method, kw
+
+
+def _dataset_labels(ds):
+    t = getattr(ds, "targets", None)
+    if t is None:
+        return None
+    import numpy as np
+
+    y = np.asarray(t.cpu() if hasattr(t, "cpu") else t).reshape(-1)
+    return None if (y < 0).all() else y
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    import pathlib
+    import time
+
+    import numpy as np
+    import torch
+
+    from . import scoring, viz
+    from .checkpoint import load_model
+
+    opts = {}
+    for item in args.data_option or []:
+        if "=" not in item:
+            raise SystemExit(f"pyaeplus score: --data-option must be KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        opts[k] = _json_value(v)
+    try:
+        model = load_model(args.checkpoint, device="cpu")
+        if args.model is not None and getattr(model, "model_name", None) != args.model:
+            raise ValueError(f"--checkpoint holds a {getattr(model, 'model_name', type(model).__name__)!r} model, "
+                             f"not the --model {args.model!r} asked for")
+        data = _score_data(args.data, args.split, opts)
+        labels = None
+        if args.labels is not None:
+            labels = _dataset_labels(data) if args.labels == "data" else np.load(args.labels).reshape(-1)
+            if labels is None:
+                raise ValueError("--labels data: the dataset has no labels")
+            if len(labels) != len(data):
+                raise ValueError(f"--labels has {len(labels)} labels for {len(data)} samples")
+        out = pathlib.Path(args.out)
+        t0 = time.perf_counter()
+        res = scoring.score(model, data, score=args.score, batch_size=args.batch_size, device=args.device,
+                            num_workers=args.num_workers, out=out, resume=not args.no_resume,
+                            maps=args.maps is not None, progress=False)
+        dt = time.perf_counter() - t0
+        scores, maps = res if args.maps is not None else (res, None)
+        thr = None
+        if args.threshold is not None:
+            method, kw = _parse_threshold(args.threshold)
+            if method is None:
+                thr = kw["value"]
+            else:
+                ref = scores
+                if args.threshold_data is not None:
+                    ref = scoring.score(model, _score_data(args.threshold_data, "train", opts), score=args.score,
+                                        batch_size=args.batch_size, device=args.device,
+                                        num_workers=args.num_workers, progress=False)
+                thr = scoring.threshold(ref, method, **kw)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"pyaeplus score: {e}", file=sys.stderr)
+        return 2
+    print(f"scored {len(scores)} samples in {dt:.2f} s ({len(scores) / max(dt, 1e-9):,.0f} samples/s) -> {out}")
+    summary = {"n": int(len(scores)), "seconds": dt, "score": args.score, "out": str(out)}
+    if thr is not None:
+        n_anom = int((scores > thr).sum())
+        print(f"threshold {thr:.6g}: {n_anom} of {len(scores)} flagged as anomalies (score > threshold)")
+        summary.update(threshold=thr, n_flagged=n_anom)
+    plots = pathlib.Path(args.plots) if args.plots else out.parent
+    plots.mkdir(parents=True, exist_ok=True)
+    stem = out.stem
+    paths = {"histogram": viz.score_histogram(scores, labels, plots / f"{stem}_histogram.png", threshold=thr)}
+    if labels is not None:
+        m = scoring.metrics(scores, labels, thr, pos_label=args.pos_label)
+        summary["metrics"] = m
+        print(f"metrics ({m['positive_class']}): AUROC {m['auroc']:.4f}  AP {m['ap']:.4f}"
+              + ("" if thr is None else f"  accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  "
+                 f"recall {m['recall']:.4f}  F1 {m['f1']:.4f}"))
+        if 0 < m["n_anomalies"] < m["n"]:
+            paths["roc_pr"] = viz.roc_pr_curves(scores, (np.asarray(labels) == args.pos_label).astype(int),
+                                                plots / f"{stem}_roc_pr.png", names=[args.score])
+    if getattr(model, "image_shape", None) is not None:
+        top = np.argsort(-scores, kind="stable")[:8]
+        b = data.get_batch(torch.as_tensor(top)) if hasattr(data, "get_batch") else torch.stack(
+            [data[int(i)][0] for i in top])
+        x = b[0] if isinstance(b, (tuple, list)) else b
+        with torch.no_grad():
+            rec = model(x.to(next(model.parameters()).device)).cpu()
+        shape = (len(top), *model.image_shape)
+        paths["reconstructions"] = viz.reconstruction_grid(x.reshape(shape), rec.reshape(shape),
+                                                           plots / f"{stem}_top_reconstructions.png",
+                                                           titles=[f"{scores[i]:.3g}" for i in top])
+        if maps is not None:
+            paths["overlay"] = viz.anomaly_overlay(x.reshape(shape), np.asarray(maps)[top],
+                                                   plots / f"{stem}_top_maps.png")
+    if args.maps is not None:
+        import shutil
+        mdir = pathlib.Path(args.maps)
+        mdir.mkdir(parents=True, exist_ok=True)
+        src = out.with_name(out.stem + ".maps.npy")
+        shutil.move(str(src), str(mdir / "maps.npy"))
+        paths["maps"] = mdir / "maps.npy"
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    summary["plots"] = {k: str(v) for k, v in paths.items()}
+    (plots / f"{stem}_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return 0
+
+
+def _add_score_parser(sub) -> None:
+    s = sub.add_parser("score", help="score a dataset with a trained checkpoint (resumable, chunked output), "
+                                     "threshold, metrics and plots")
+    s.add_argument("--checkpoint", required=True, help="checkpoint folder or a run's checkpoint_dir")
+    s.add_argument("--data", required=True, help="'<kind>:<path>' (mnist:ROOT, npy:FILE, images:DIR, ...) or a .npy")
+    s.add_argument("--split", default="test")
+    s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--out", required=True, help="scores file: .npy, .csv or .parquet (pyarrow)")
+    s.add_argument("--score", default="model", choices=("model", "mse", "mae", "bce", "ssim", "ms_ssim", "svdd", "elbo"))
+    s.add_argument("--model", help="expected model name; a checkpoint of another model is refused")
+    s.add_argument("--maps", metavar="DIR", help="also write per-pixel anomaly maps (image models) to DIR/maps.npy")
+    s.add_argument("--threshold", help="a number, or METHOD[:K=V,...] (mean_std, percentile, fpr, contamination, pot)")
+    s.add_argument("--threshold-data", help="normal data to fit the threshold on (default: the scored data)")
+    s.add_argument("--labels", help="'data' (the dataset's labels) or a .npy of labels")
+    s.add_argument("--pos-label", type=int, default=1, help="label value of anomalies (default 1)")
+    s.add_argument("--plots", help="folder for the PNG plots (default: next to --out)")
+    s.add_argument("--batch-size", type=int, default=512)
+    s.add_argument("--num-workers", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-resume", action="store_true", help="ignore completed chunks of an interrupted run")
+    s.set_defaults(func=_cmd_score)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pyaeplus", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -381,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_parser(sub)
 
     # ---- knn-graph / score --------------------------------------------------------------------
+    _add_score_parser(sub)
 
     return p
 

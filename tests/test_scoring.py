@@ -232,3 +232,43 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="x"):  # wrong per-sample shape: named by the model's check
         scoring.score(m, torch.rand(4, 1, 15, 16), progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_before_first_chunk_leaves_nothing(tmp_path):
+    with pytest.raises(ValueError):
+        scoring.score(_conv(), torch.rand(20, 1, 15, 16), out=tmp_path / "s.npy", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_score(tmp_path, capsys):
+    from pyaeplus.checkpoint import save_checkpoint
+    from pyaeplus.cli import main
+    m = _conv()
+    save_checkpoint(tmp_path / "ck", m)
+    x = _images(90).numpy()
+    y = (np.arange(90) % 6 == 0).astype(np.int64)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "res" / "s.csv"
+    out.parent.mkdir()
+    rc = main(["score", "--checkpoint", str(tmp_path / "ck"), "--data", str(tmp_path / "x.npy"), "--out", str(out),
+               "--labels", str(tmp_path / "y.npy"), "--threshold", "contamination:c=0.2", "--maps",
+               str(tmp_path / "maps"), "--batch-size", "32"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "samples/s" in text and "AUROC" in text and "F1" in text
+    ref = scoring.score(m, torch.from_numpy(x), batch_size=32, progress=False)
+    np.testing.assert_allclose(scoring.read_scores(out), ref, rtol=1e-6)
+    summary = json.loads((out.parent / "s_summary.json").read_text())
+    assert summary["metrics"]["auroc"] == pytest.approx(scoring.metrics(ref, y)["auroc"])
+    for k in ("histogram", "roc_pr", "reconstructions", "overlay"):
+        assert (out.parent / os.path.basename(summary["plots"][k])).read_bytes()[:4] == b"\x89PNG"
+    assert np.load(tmp_path / "maps" / "maps.npy").shape == (90, 16, 16)
+    # a checkpoint of another model, labels of the wrong length, a missing out directory: exit 2, no file
+    args = ["score", "--checkpoint", str(tmp_path / "ck"), "--data", str(tmp_path / "x.npy")]
+    assert main(args + ["--out", str(tmp_path / "o.npy"), "--model", "dense"]) == 2
+    np.save(tmp_path / "y2.npy", y[:-1])
+    assert main(args + ["--out", str(tmp_path / "o.npy"), "--labels", str(tmp_path / "y2.npy")]) == 2
+    assert main(args + ["--out", str(tmp_path / "nope" / "o.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "--labels" in err and "out" in err
+    assert not (tmp_path / "o.npy").exists()

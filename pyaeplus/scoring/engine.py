@@ -345,33 +345,39 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
     ci = 0
     buf_s: list[torch.Tensor] = []
     buf_m: list[torch.Tensor] = []
-    with torch.inference_mode():
-        for s, x in it:
-            x = x.to(dev, non_blocking=True)
-            if x.dtype != next(iter(model.parameters()), x).dtype and x.is_floating_point():
-                x = x.to(next(model.parameters()).dtype)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                sc, mp = fn(x)
-            buf_s.append(sc.float())
-            if maps:
-                buf_m.append(mp.float())
-            rows += x.shape[0]
-            cs, ce = todo[ci]
-            if s + x.shape[0] >= ce:
-                arr = torch.cat(buf_s).cpu().numpy().astype(np.float32, copy=False)
-                marr = torch.cat(buf_m).cpu().numpy().astype(np.float32, copy=False) if maps else None
-                buf_s, buf_m = [], []
-                if arr.shape[0] != ce - cs:
-                    raise RuntimeError(f"scored {arr.shape[0]} rows for chunk [{cs}, {ce})")
-                if parts is not None:
-                    _atomic_npy(parts / f"part-{cs:012d}-{ce:012d}.npy", arr)
-                    if maps:
-                        _atomic_npy(parts / f"maps-{cs:012d}-{ce:012d}.npy", marr)
-                    ledger["done"] = sorted(set(map(tuple, ledger["done"])) | {(cs, ce)})
-                    _atomic_json(ledger_path, ledger)
-                else:
-                    results[(cs, ce)] = (arr, marr)
-                ci += 1
+    try:
+        with torch.inference_mode():
+            for s, x in it:
+                x = x.to(dev, non_blocking=True)
+                if x.dtype != next(iter(model.parameters()), x).dtype and x.is_floating_point():
+                    x = x.to(next(model.parameters()).dtype)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                    sc, mp = fn(x)
+                buf_s.append(sc.float())
+                if maps:
+                    buf_m.append(mp.float())
+                rows += x.shape[0]
+                cs, ce = todo[ci]
+                if s + x.shape[0] >= ce:
+                    arr = torch.cat(buf_s).cpu().numpy().astype(np.float32, copy=False)
+                    marr = torch.cat(buf_m).cpu().numpy().astype(np.float32, copy=False) if maps else None
+                    buf_s, buf_m = [], []
+                    if arr.shape[0] != ce - cs:
+                        raise RuntimeError(f"scored {arr.shape[0]} rows for chunk [{cs}, {ce})")
+                    if parts is not None:
+                        _atomic_npy(parts / f"part-{cs:012d}-{ce:012d}.npy", arr)
+                        if maps:
+                            _atomic_npy(parts / f"maps-{cs:012d}-{ce:012d}.npy", marr)
+                        ledger["done"] = sorted(set(map(tuple, ledger["done"])) | {(cs, ce)})
+                        _atomic_json(ledger_path, ledger)
+                    else:
+                        results[(cs, ce)] = (arr, marr)
+                    ci += 1
+    except BaseException:
+        # nothing completed: remove the parts folder this call created, so no trace is left
+        if parts is not None and not ledger["done"]:
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
     dt = time.perf_counter() - t0
     if progress and rows:
         print(f"pyaeplus.scoring: {rows} rows in {dt:.2f} s ({rows / max(dt, 1e-9):,.0f} rows/s) on {dev}")
