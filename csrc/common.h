@@ -142,6 +142,18 @@ inline void store_from(T* p, int64_t i, A v) { p[i] = from_float<T>(static_cast<
 template <>
 inline void store_from<double, double>(double* p, int64_t i, double v) { p[i] = v; }
 
+// Calls f(int64_t{}) or f(int32_t{}) for an index dtype code (shared by the CPU and CUDA ops).
+template <typename F>
+void dispatch_index(int code, const char* name, F&& f) {
+  if (code == kInt64) {
+    f(int64_t{});
+  } else if (code == kInt32) {
+    f(int32_t{});
+  } else {
+    fail(std::string(name) + ": indices must be int64 or int32, got " + dtype_name(code));
+  }
+}
+
 // Calls f.template operator()<T>() with the storage type for a floating dtype code.
 #define PYAEPLUS_DISPATCH_FLOATING(code, NAME, ...)                         \
   [&] {                                                                    \

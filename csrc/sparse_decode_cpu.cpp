@@ -24,17 +24,6 @@ namespace py = pybind11;
 namespace pyaeplus {
 namespace {
 
-template <typename F>
-void dispatch_index(int code, const char* name, F&& f) {
-  if (code == kInt64) {
-    f(int64_t{});
-  } else if (code == kInt32) {
-    f(int32_t{});
-  } else {
-    fail(std::string(name) + ": indices must be int64 or int32, got " + dtype_name(code));
-  }
-}
-
 // acc[n] += v * w[n] for one weight row (vectorizable for float/double storage).
 template <typename T, typename A>
 inline void axpy_row(A* __restrict acc, A v, const T* __restrict w, int64_t N) {

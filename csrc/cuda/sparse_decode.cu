@@ -19,17 +19,6 @@ namespace {
 constexpr int kThreads = 128;  // columns per block in forward / grad_weight
 constexpr int kWarps = 8;      // warps per block in grad_values
 
-template <typename F>
-void dispatch_index(int code, const char* name, F&& f) {
-  if (code == kInt64) {
-    f(int64_t{});
-  } else if (code == kInt32) {
-    f(int32_t{});
-  } else {
-    fail(std::string(name) + ": indices must be int64 or int32, got " + dtype_name(code));
-  }
-}
-
 // Loads in the accumulation type (exact for double).
 template <typename A, typename T>
 __device__ __forceinline__ A load_acc(const T* p, int64_t i) {
