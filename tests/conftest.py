@@ -59,3 +59,29 @@ def data_root() -> pathlib.Path:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# --- examples: run examples/<script>.py main(argv) in-process (the reproduction tests) ---
+def _load_example(script: str):
+    import importlib.util
+    import sys
+
+    path = REPO / "examples" / script
+    sys.path.insert(0, str(path.parent))  # examples import their shared _common module
+    try:
+        spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(path.parent))
+    return mod
+
+
+@pytest.fixture
+def run_example(data_root, tmp_path):
+    """``run_example("ecg5000_dense_ae.py", "--quick", ...)`` -> the dict the example saved
+    (figures and results go to a temporary folder, the data comes from the shared root)."""
+    def run(script: str, *argv: str) -> dict:
+        mod = _load_example(script)
+        return mod.main(["--data", str(data_root), "--out", str(tmp_path), "--no-progress", *argv])
+    return run
