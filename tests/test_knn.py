@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pyaeplus
-from pyaeplus.graph import KnnGraph, knn_graph
+from pyaeplus.graph import KnnGraph, KnnIndex, knn_graph, knn_search
 from pyaeplus.graph import knn as knn_mod
 
 faiss = pytest.importorskip("faiss")
@@ -18,32 +18,41 @@ HIST = ("hellinger", "chi2", "w1")
 DIST_TOL = {torch.float32: (2e-5, 2e-5), torch.float64: (1e-7, 2e-7)}  # float64 input: computed in float64, returned as float32
 
 
-def numpy_knn(x: np.ndarray, k: int, metric: str, exclude_self: bool = True):
-    """Direct-formula brute force in float64, one query row at a time; ties by ascending index."""
+def _oracle_space(x: np.ndarray, metric: str) -> np.ndarray:
     x = x.astype(np.float64)
-    n = x.shape[0]
     if metric in HIST:
         p = x / x.sum(1, keepdims=True)
-        v = {"hellinger": np.sqrt(p), "chi2": p, "w1": np.cumsum(p, axis=1)}[metric]
-    elif metric == "cosine":
-        v = x / np.linalg.norm(x, axis=1, keepdims=True)
-    else:
-        v = x
-    dist = np.empty((n, k))
-    idx = np.empty((n, k), np.int64)
-    for i in range(n):
-        if metric in ("l2", "hellinger"):
-            d = np.sqrt(((v - v[i]) ** 2).sum(1))
-        elif metric == "cosine":
-            d = np.maximum(1.0 - v @ v[i], 0.0)
-        elif metric == "ip":
-            d = -(v @ v[i])
-        elif metric == "chi2":
-            den = v + v[i]
-            d = np.where(den > 0, (v - v[i]) ** 2 / np.where(den > 0, den, 1.0), 0.0).sum(1)
-        else:  # w1
-            d = np.abs(v - v[i]).sum(1)
-        if exclude_self:
+        return {"hellinger": np.sqrt(p), "chi2": p, "w1": np.cumsum(p, axis=1)}[metric]
+    if metric == "cosine":
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def _oracle_dist(v: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
+    """Direct distances from one row ``q`` to every row of ``v`` (float64)."""
+    if metric in ("l2", "hellinger"):
+        return np.sqrt(((v - q) ** 2).sum(1))
+    if metric == "cosine":
+        return np.maximum(1.0 - v @ q, 0.0)
+    if metric == "ip":
+        return -(v @ q)
+    if metric == "chi2":
+        den = v + q
+        return np.where(den > 0, (v - q) ** 2 / np.where(den > 0, den, 1.0), 0.0).sum(1)
+    return np.abs(v - q).sum(1)  # w1
+
+
+def numpy_knn(x: np.ndarray, k: int, metric: str, exclude_self: bool = True, queries: np.ndarray | None = None):
+    """Direct-formula brute force in float64, one query row at a time; ties by ascending index.
+    With ``queries``: the k nearest rows of ``x`` for each query row (nothing excluded)."""
+    v = _oracle_space(x, metric)
+    n = v.shape[0]
+    qv = v if queries is None else _oracle_space(queries, metric)
+    dist = np.empty((qv.shape[0], k))
+    idx = np.empty((qv.shape[0], k), np.int64)
+    for i in range(qv.shape[0]):
+        d = _oracle_dist(v, qv[i], metric)
+        if exclude_self and queries is None:
             d[i] = np.inf
         o = np.lexsort((np.arange(n), d))[:k]
         idx[i], dist[i] = o, d[o]
@@ -362,3 +371,70 @@ def test_fashion_mnist_pixels_and_hog(data_root):
     h = features.hog(imgs, pixels_per_cell=(7, 7), cells_per_block=(2, 2), block_norm="L1")
     for metric in ("hellinger", "chi2"):
         assert_matches(knn_graph(h + 1e-6, 10, metric=metric, progress=False), h + 1e-6, 10, metric)
+
+
+# ---- KnnIndex / knn_search: queries against a fixed database ---------------------------------
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_search_matches_numpy_brute_force(backend, metric):
+    db = data_with_duplicates(211, 13, metric, seed=2)
+    q = data_with_duplicates(67, 13, metric, seed=3)
+    q[5] = db[3]  # a query equal to row 3, duplicated at rows 1, 209 and 210: ties by index
+    d, i = knn_search(q, db, 6, metric=metric, backend=backend, chunk_size=25)
+    assert d.dtype == torch.float32 and i.dtype == torch.int64 and d.shape == i.shape == (67, 6)
+    ref_d, ref_i = numpy_knn(db.double().numpy(), 6, metric, queries=q.double().numpy())
+    atol, rtol = DIST_TOL[torch.float32]
+    np.testing.assert_allclose(d.double().numpy(), ref_d, atol=atol, rtol=rtol)
+    assert (i.numpy() == ref_i).mean() > 0.99
+    assert i[5, :4].tolist() == [1, 3, 209, 210]
+
+
+def test_index_reused_across_batches_equals_one_shot():
+    db, q = torch.randn(300, 8), torch.randn(90, 8)
+    idx = KnnIndex(db, backend="torch")
+    parts = [idx.search(q[s:s + 32], 4) for s in range(0, 90, 32)]
+    d1, i1 = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    d2, i2 = knn_search(q, db, 4, backend="faiss")
+    assert torch.equal(i1, i2) and torch.equal(d1, d2)
+    assert len(idx) == 300 and "torch" in repr(idx)
+    # k up to the database size, float64 database, numpy queries
+    d, i = KnnIndex(db.double()).search(q.numpy(), 300)
+    assert torch.equal(i.sort(1).values, torch.arange(300).expand(90, 300))
+
+
+def test_search_approximate_index_recall():
+    x = torch.from_numpy(clustered(3300))
+    db, q = x[:3000], x[3000:]  # held-out queries from the same clusters
+    _, exact = knn_search(q, db, 10, backend="torch")
+    for index, bound in (("ivf", 0.9), ("hnsw", 0.95)):
+        d, approx = knn_search(q, db, 10, backend="faiss", index=index)
+        hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(approx, exact))
+        assert hits / exact.numel() >= bound, index
+        direct = (q[:, None, :] - db[approx]).square().sum(-1).sqrt()  # exact distances for what was found
+        torch.testing.assert_close(d, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_search_bad_input():
+    db = torch.rand(20, 4)
+    with pytest.raises(ValueError, match="queries must have 4 columns"):
+        knn_search(torch.rand(3, 5), db, 2)
+    with pytest.raises(ValueError, match="k must be <= 20"):
+        knn_search(torch.rand(3, 4), db, 21)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        knn_search(torch.rand(3, 4), db, 0)
+    with pytest.raises(ValueError, match="database contains NaN"):
+        KnnIndex(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(ValueError, match="queries contains NaN"):
+        knn_search(torch.tensor([[float("inf")] * 4]), db, 1)
+    with pytest.raises(ValueError, match="database must not be empty"):
+        KnnIndex(torch.rand(0, 4))
+    with pytest.raises(ValueError, match="queries must be 2-d"):
+        knn_search(torch.rand(4), db, 1)
+    with pytest.raises(TypeError, match="database must be a floating-point"):
+        KnnIndex(torch.ones(3, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="queries must be non-negative"):
+        knn_search(-torch.rand(2, 4), db, 1, metric="hellinger")
+    with pytest.raises(ValueError, match="metric"):
+        KnnIndex(db, metric="l3")
+    with pytest.raises(ValueError, match="backend"):
+        KnnIndex(db, backend="annoy")

@@ -112,6 +112,32 @@ def test_latent_knn_matches_brute_force():
     d = ((zx[:, None] - zt[None]) ** 2).sum(-1).sqrt()
     ref = d.sort(1).values[:, :3].mean(1).numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    # every k-NN backend gives the same exact neighbours; cosine latents too
+    for backend in ("torch", "faiss"):
+        other = scoring.score(m, x, score="latent_knn", knn_reference=train, k=3, batch_size=16, progress=False,
+                              knn_backend=backend)
+        np.testing.assert_array_equal(other, got)
+    cos = scoring.score(m, x, score="latent_knn", knn_reference=train, k=3, batch_size=16, progress=False,
+                        knn_metric="cosine")
+    zn, tn = torch.nn.functional.normalize(zx, dim=1), torch.nn.functional.normalize(zt, dim=1)
+    ref_cos = (1 - zn @ tn.T).clamp_min(0).sort(1).values[:, :3].mean(1).numpy()
+    np.testing.assert_allclose(cos, ref_cos, rtol=1e-4, atol=1e-5)
+
+
+def test_latent_knn_exclude_self_on_training_scores():
+    m, train = _conv(), _images(50, seed=5)
+    got = scoring.score(m, train, score="latent_knn", knn_reference=train, k=2, batch_size=16, progress=False,
+                        knn_exclude_self=True)
+    with torch.no_grad():
+        zt = m.encode(train)
+    d = ((zt[:, None] - zt[None]) ** 2).sum(-1).sqrt()
+    d.fill_diagonal_(float("inf"))
+    np.testing.assert_allclose(got, d.sort(1).values[:, :2].mean(1).numpy(), rtol=1e-4, atol=1e-5)
+    assert got.min() > 0
+    with pytest.raises(ValueError, match="knn_exclude_self"):
+        scoring.score(m, train[:10], score="latent_knn", knn_reference=train, progress=False, knn_exclude_self=True)
+    with pytest.raises(ValueError, match="metric"):
+        scoring.score(m, train, score="latent_knn", knn_reference=train, progress=False, knn_metric="l7")
 
 
 def test_resume_refuses_other_settings(tmp_path):

@@ -14,6 +14,6 @@ __all__ += ["Graph", "NeighborBatchSampler", "heat_kernel", "symmetrize", "weigh
 
 # ---- k-NN graph and features (graph/knn.py, graph/features.py) ---------------------------
 from . import features  # noqa: E402
-from .knn import KnnGraph, knn_graph  # noqa: E402
+from .knn import KnnGraph, KnnIndex, knn_graph, knn_search  # noqa: E402
 
-__all__ += ["KnnGraph", "knn_graph", "features"]
+__all__ += ["KnnGraph", "KnnIndex", "knn_graph", "knn_search", "features"]

@@ -423,24 +423,24 @@ def resolve_backend(backend: str, device: torch.device, metric: str, index: str)
     return backend
 
 
-def _validate_x(x):
+def _validate_x(x, name: str = "x"):
     if isinstance(x, torch.Tensor):
         if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-            raise TypeError(f"x must be a floating-point tensor (float32, float64, float16, bfloat16), got {x.dtype}")
+            raise TypeError(f"{name} must be a floating-point tensor (float32, float64, float16, bfloat16), got {x.dtype}")
         if x.device.type not in ("cpu", "cuda"):
-            raise ValueError(f"x must be on a CPU or CUDA device, got {x.device}")
+            raise ValueError(f"{name} must be on a CPU or CUDA device, got {x.device}")
     elif isinstance(x, np.ndarray):
         if x.dtype not in (np.float32, np.float64, np.float16):
-            raise TypeError(f"x must be a floating-point array (float32, float64, float16), got {x.dtype}")
+            raise TypeError(f"{name} must be a floating-point array (float32, float64, float16), got {x.dtype}")
     else:
-        raise TypeError(f"x must be a torch.Tensor, a numpy array or a numpy memmap, got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, a numpy array or a numpy memmap, got {type(x).__name__}")
     if x.ndim != 2:
-        raise ValueError(f"x must be 2-d (N, D), got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must be 2-d (N, D), got shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
 
 
-def _check_rows(rows: _Rows, metric: str, chunk: int) -> None:
+def _check_rows(rows: _Rows, metric: str, chunk: int, name: str = "x") -> None:
     """NaN/Inf and, for histogram metrics, sign and positive-sum checks, chunk by chunk,
     all before any search starts."""
     need_finite = config.check_finite
@@ -450,17 +450,17 @@ def _check_rows(rows: _Rows, metric: str, chunk: int) -> None:
         r = rows.get(s, min(rows.n, s + chunk))
         if need_finite and not bool(torch.isfinite(r).all()):
             bad = int((~torch.isfinite(r)).any(1).nonzero()[0, 0]) + s
-            raise ValueError(f"x contains NaN or Inf values (first in row {bad}); pyaeplus rejects non-finite "
+            raise ValueError(f"{name} contains NaN or Inf values (first in row {bad}); pyaeplus rejects non-finite "
                              "inputs (pyaeplus.config.check_finite=False skips this check)")
         if metric in _HISTOGRAM_METRICS:
             if bool((r < 0).any()):
                 bad = int((r < 0).any(1).nonzero()[0, 0]) + s
-                raise ValueError(f"x must be non-negative for metric={metric!r} (histograms); row {bad} has "
+                raise ValueError(f"{name} must be non-negative for metric={metric!r} (histograms); row {bad} has "
                                  "a negative entry")
             sums = r.sum(1)
             if bool((sums <= 0).any()):
                 bad = int((sums <= 0).nonzero()[0, 0]) + s
-                raise ValueError(f"x rows must have a positive sum for metric={metric!r}; row {bad} sums to 0")
+                raise ValueError(f"{name} rows must have a positive sum for metric={metric!r}; row {bad} sums to 0")
 
 
 def _progress(it, total: int, enabled: bool, desc: str):
@@ -716,3 +716,133 @@ def boundary_unproven(metric: str, cand_search_d: torch.Tensor, kth: torch.Tenso
 def iter_chunks(n: int, chunk: int) -> Iterator[tuple[int, int]]:
     for s in range(0, n, chunk):
         yield s, min(n, s + chunk)
+
+
+# ----------------------------------------------------------------------------------------------
+# queries against a fixed database (latent k-NN anomaly scores, out-of-sample neighbours)
+
+
+class KnnIndex:
+    """k-NN search of new query rows against a fixed database, on the same backends and with
+    the same guarantees as :func:`knn_graph` (exact under the directly computed distance for
+    ``index="flat"``, ties broken by ascending database index).
+
+    The index (FAISS, the Triton kernel's database, or the torch GEMM blocks) is built once, so
+    scoring streams query batches through it: ``pyaeplus.scoring.score(..., score="latent_knn")``
+    keeps one ``KnnIndex`` over the training latents.
+
+    Args:
+        database: (M, D) rows to search (tensor on CPU/CUDA, NumPy array or memmap; held in
+            memory in the compute dtype: float64 for float64 input, float32 otherwise).
+        metric: one of ``pyaeplus.graph.knn.METRICS`` (see :func:`knn_graph`).
+        backend: ``"auto"``, ``"faiss-gpu"``, ``"faiss"``, ``"triton"`` or ``"torch"`` (see
+            :func:`knn_graph`; ``"auto"`` picks by the database's device).
+        index: ``"flat"`` (exact), ``"ivf"`` or ``"hnsw"`` (approximate, ``backend="faiss"``).
+        index_params: parameters of the approximate indexes (see :func:`knn_graph`).
+        tf32: let the Triton kernel use TF32 for the candidate search (distances are recomputed
+            exactly either way).
+
+    Example::
+
+        idx = KnnIndex(train_latents)            # (M, d)
+        dist, nbr = idx.search(test_latents, 5)  # (Q, 5) each, sorted by distance
+    """
+
+    def __init__(self, database, *, metric: str = "l2", backend: str = "auto", index: str = "flat",
+                 index_params: dict | None = None, tf32: bool = False):
+        metric = metric.lower() if isinstance(metric, str) else metric
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if index not in INDEXES:
+            raise ValueError(f"index must be one of {INDEXES}, got {index!r}")
+        if index_params is not None and not isinstance(index_params, dict):
+            raise TypeError(f"index_params must be a dict, got {type(index_params).__name__}")
+        _validate_x(database, "database")
+        device = database.device if isinstance(database, torch.Tensor) else torch.device("cpu")
+        self.metric, self.index, self.tf32 = metric, index, bool(tf32)
+        self.params = dict(index_params or {})
+        self.backend = resolve_backend(backend, device, metric, index)
+        rows = _Rows(database)
+        _check_rows(rows, metric, 1 << 14, "database")
+        # The whole database in memory as a tensor: one gather path for re-rank and repair.
+        self._rows = _Rows(rows.get(0, rows.n).to(device))
+        self.n, self.d = rows.n, rows.d
+        self._search_db = search_transform(metric, self._rows.x)
+        if self.backend in ("faiss", "faiss-gpu"):
+            self._search_db = self._search_db.cpu()
+        self._searchers: dict[int, Callable] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __repr__(self) -> str:
+        return f"KnnIndex(n={self.n}, d={self.d}, metric={self.metric!r}, backend={self.backend!r}, index={self.index!r})"
+
+    def _searcher(self, kc: int) -> Callable:
+        if kc not in self._searchers:
+            self._searchers[kc] = make_searcher(self.backend, self._search_db, _SEARCH_SPACE[self.metric], kc,
+                                                self.index, self.params, 1 << 25, self.tf32)
+        return self._searchers[kc]
+
+    def search(self, queries, k: int, *, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` nearest database rows of each query row.
+
+        Args:
+            queries: (Q, D) rows (tensor, array or memmap; same width as the database).
+            k: neighbours per query, ``1 <= k <= M``.
+            chunk_size: query rows per search call (default as in :func:`knn_graph`).
+
+        Returns:
+            ``(distances, indices)``: (Q, k) float32 and (Q, k) int64 on the CPU, each row sorted
+            by ascending distance, ties by ascending database index.
+        """
+        _validate_x(queries, "queries")
+        if int(queries.shape[1]) != self.d:
+            raise ValueError(f"queries must have {self.d} columns (the database's), got shape {tuple(queries.shape)}")
+        k = _integer("k", k, lo=1, hi=self.n)
+        if chunk_size is not None:
+            chunk_size = _integer("chunk_size", chunk_size, lo=1)
+        q_rows = _Rows(queries)
+        _check_rows(q_rows, self.metric, 1 << 14, "queries")
+        kc = candidate_count(k, self.n, self.metric, False, self.index)
+        searcher = self._searcher(kc)
+        chunk = chunk_size or _default_chunk(self.backend)
+        dev = self._rows.device
+        take = lambda idx: _exact_transform(self.metric, self._rows.take(idx))  # noqa: E731
+        out_d, out_i = [], []
+        for s in range(0, q_rows.n, chunk):
+            raw = q_rows.get(s, min(q_rows.n, s + chunk)).to(dev, self._rows.dtype)
+            qs = search_transform(self.metric, raw)
+            cand_d, cand_i = searcher(qs)
+            cd, ci = rerank(self.metric, _exact_transform(self.metric, raw), None, cand_i.to(dev), take, k)
+            cd, ci = cd.cpu().float(), ci.cpu()
+            redo = (ci < 0).any(1)
+            if redo.any():
+                warnings.warn(f"KnnIndex: index={self.index!r} returned fewer than {k} neighbours for "
+                              f"{int(redo.sum())} query row(s); searching those exactly (raise nprobe / ef_search)",
+                              RuntimeWarning, stacklevel=2)
+            if self.index == "flat":
+                redo |= boundary_unproven(self.metric, cand_d.cpu().float(), cd[:, -1], qs.square().sum(1).cpu(),
+                                          self.n)
+            if bool(redo.any()):
+                bad = redo.nonzero().squeeze(1)
+                ed, ei = repair_rows(self._rows, self.metric, bad, raw[bad.to(dev)], k, kc, False)
+                cd[bad], ci[bad] = ed.float(), ei
+            out_d.append(cd)
+            out_i.append(ci)
+        return torch.cat(out_d), torch.cat(out_i)
+
+
+def knn_search(queries, database, k: int, *, metric: str = "l2", backend: str = "auto", index: str = "flat",
+               index_params: dict | None = None, chunk_size: int | None = None,
+               tf32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest rows of ``database`` (M, D) for each row of ``queries`` (Q, D): a
+    one-shot :class:`KnnIndex` (build it yourself to search many query batches).
+
+    Returns:
+        ``(distances, indices)``, (Q, k) float32 / int64 on the CPU, sorted by (distance, index).
+    """
+    return KnnIndex(database, metric=metric, backend=backend, index=index, index_params=index_params,
+                    tf32=tf32).search(queries, k, chunk_size=chunk_size)

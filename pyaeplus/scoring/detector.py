@@ -61,9 +61,10 @@ class AnomalyDetector:
         self.device, self.num_workers, self.k = device, num_workers, k
         self.fit_kwargs = fit_kwargs
 
-    def _score(self, X) -> np.ndarray:
+    def _score(self, X, exclude_self: bool = False) -> np.ndarray:
         return engine.score(self.model, X, score=self.score, batch_size=self.batch_size, device=self.device,
-                            num_workers=self.num_workers, progress=False, knn_reference=self._knn_ref, k=self.k)
+                            num_workers=self.num_workers, progress=False, knn_reference=self._knn_ref, k=self.k,
+                            knn_exclude_self=exclude_self)
 
     def fit(self, X, y=None) -> "AnomalyDetector":
         """Train on ``X`` (normal data: array, tensor, Dataset, MemmapDataset), then fit the
@@ -75,7 +76,8 @@ class AnomalyDetector:
             kw = {"progress": False, "device": self.device, **self.fit_kwargs}
             train.fit(self.model, X, batch_size=self.batch_size, **kw)
         self._knn_ref = X if self.score == "latent_knn" else None
-        s = self._score(X)
+        # Training scores for latent_knn leave each row's own latent out (else every one is 0-biased).
+        s = self._score(X, exclude_self=self.score == "latent_knn")
         self.decision_scores_ = s
         if self._method is None:
             self.threshold_ = self._tkw["value"]

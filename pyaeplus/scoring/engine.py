@@ -90,7 +90,8 @@ def _ms_ssim_window(side: int) -> tuple[int, list[float]]:
     raise ValueError(f"score 'ms_ssim' needs images of at least 6 pixels per side, got {side}")
 
 
-def _score_fn(name, model, knn_ref, k: int, maps: bool) -> Callable[[torch.Tensor], tuple[torch.Tensor, Any]]:
+def _score_fn(name, model, knn_ref, k: int, maps: bool,
+              skip_self: bool = False) -> Callable[[torch.Tensor], tuple[torch.Tensor, Any]]:
     """fn(x) -> (scores (B,) float32, maps (B, H, W) float32 or None)."""
     from .. import functional as F
 
@@ -146,9 +147,11 @@ def _score_fn(name, model, knn_ref, k: int, maps: bool) -> Callable[[torch.Tenso
 
         def fn(x):
             z = dense_latent(model, model.encode(x)).float()
-            d = torch.cdist(z, knn_ref.to(z.device))
-            kk = min(k, knn_ref.shape[0])
-            return d.topk(kk, dim=1, largest=False).values.mean(1), (maps_of(x, recon(x)) if maps else None)
+            # skip_self: data is the reference set itself, so each row's nearest neighbour is
+            # the row (distance 0): search one more and drop it, as PyOD's KNN does.
+            skip = int(skip_self)
+            d, _ = knn_ref.search(z, min(k + skip, len(knn_ref)))
+            return d[:, skip:].mean(1).to(z.device), (maps_of(x, recon(x)) if maps else None)
         return fn
     raise ValueError(f"score must be one of {SCORES} or a callable(model, x) -> (B,), got {name!r}")
 
@@ -245,7 +248,8 @@ def _device(device) -> torch.device:
 def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batch_size: int = 256,
           device: str | torch.device = "auto", amp: bool = True, num_workers: int = 0, out=None,
           resume: bool = True, maps: bool = False, progress: bool = True, chunk_size: int | None = None,
-          knn_reference=None, k: int = 5) -> np.ndarray:
+          knn_reference=None, k: int = 5, knn_metric: str = "l2", knn_backend: str = "auto",
+          knn_exclude_self: bool = False) -> np.ndarray:
     """Score every sample of ``data`` with ``model``, in input order (higher = more anomalous).
 
     Args:
@@ -269,6 +273,14 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
         chunk_size: rows per written chunk (rounded up to a multiple of batch_size); default 64 batches.
         knn_reference: (M, ...) training samples (or (M, d) latents with ``k``-NN) for ``"latent_knn"``.
         k: neighbours for ``"latent_knn"``.
+        knn_metric: latent distance for ``"latent_knn"`` (``"l2"``, ``"cosine"``, ... as in
+            ``pyaeplus.graph.knn_graph``).
+        knn_backend: k-NN backend for ``"latent_knn"``: ``"auto"`` (FAISS GPU, the Triton kernel for
+            CUDA latents, faiss-cpu, else torch), ``"faiss-gpu"``, ``"faiss"``, ``"triton"``, ``"torch"``.
+            The index over the reference latents is built once; every backend returns the same exact
+            neighbours (``pyaeplus.graph.KnnIndex``).
+        knn_exclude_self: ``data`` is ``knn_reference`` itself (scores of the training set, e.g. to fit
+            a threshold): each row's own latent is not counted among its neighbours.
 
     Returns:
         float32 array (N,) of scores; with ``maps=True`` a tuple ``(scores, maps (N, H, W))``.
@@ -298,7 +310,15 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
             raise ValueError("score='latent_knn' needs knn_reference (the normal training samples)")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
-        knn_ref = _latents(model, knn_reference, batch_size, dev)
+        from ..graph.knn import KnnIndex
+
+        knn_ref = KnnIndex(_latents(model, knn_reference, batch_size, dev), metric=knn_metric, backend=knn_backend)
+        if knn_exclude_self:
+            if len(knn_ref) != n:
+                raise ValueError(f"knn_exclude_self=True needs data to be knn_reference itself, but data has {n} rows "
+                                 f"and knn_reference {len(knn_ref)}")
+            if k + 1 > len(knn_ref):
+                raise ValueError(f"k={k} with knn_exclude_self=True needs more than k reference rows, got {len(knn_ref)}")
 
     chunk = batch_size * 64 if chunk_size is None else int(chunk_size)
     if chunk < 1:
@@ -315,7 +335,9 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
     if out is not None:
         p, fmt = _check_out(out)
         parts = p.with_name(p.name + ".parts")
-        fp = fingerprint(model, score_name, n, {"chunk": chunk, "maps": bool(maps), "world": world, "k": k})
+        fp = fingerprint(model, score_name, n, {"chunk": chunk, "maps": bool(maps), "world": world, "k": k,
+                                               "knn_metric": knn_metric if score == "latent_knn" else None,
+                                               "knn_exclude_self": bool(knn_exclude_self)})
         parts.mkdir(exist_ok=True)
         ledger_path = parts / f"ledger-{rank}.json"
         done: set[tuple[int, int]] = set()
@@ -329,7 +351,7 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
         ledger = {"fingerprint": fp, "n": n, "rank": rank, "world": world, "lo": lo, "hi": hi, "done": sorted(done)}
         _atomic_json(ledger_path, ledger)
 
-    fn = _score_fn(score, model, knn_ref, k, maps)
+    fn = _score_fn(score, model, knn_ref, k, maps, bool(knn_exclude_self))
     chunks = [(s, min(hi, s + chunk)) for s in range(lo, hi, chunk)]
     todo = [c for c in chunks if parts is None or c not in done]
     starts = [s for (cs, ce) in todo for s in range(cs, ce, batch_size)]
