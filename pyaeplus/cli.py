@@ -429,11 +429,19 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 raise ValueError("--labels data: the dataset has no labels")
             if len(labels) != len(data):
                 raise ValueError(f"--labels has {len(labels)} labels for {len(data)} samples")
+        knn = {}
+        if args.score == "latent_knn":
+            if args.knn_reference is None:
+                raise ValueError("--score latent_knn needs --knn-reference (the normal training data)")
+            knn = {"knn_reference": _score_data(args.knn_reference, "train", opts), "k": args.k,
+                   "knn_metric": args.knn_metric}
+        elif args.knn_reference is not None:
+            raise ValueError("--knn-reference is only used with --score latent_knn")
         out = pathlib.Path(args.out)
         t0 = time.perf_counter()
         res = scoring.score(model, data, score=args.score, batch_size=args.batch_size, device=args.device,
                             num_workers=args.num_workers, out=out, resume=not args.no_resume,
-                            maps=args.maps is not None, progress=False)
+                            maps=args.maps is not None, progress=False, **knn)
         dt = time.perf_counter() - t0
         scores, maps = res if args.maps is not None else (res, None)
         thr = None
@@ -444,9 +452,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
             else:
                 ref = scores
                 if args.threshold_data is not None:
+                    # latent k-NN scores of the reference set itself leave each row out
+                    same = bool(knn) and args.threshold_data == args.knn_reference
                     ref = scoring.score(model, _score_data(args.threshold_data, "train", opts), score=args.score,
                                         batch_size=args.batch_size, device=args.device,
-                                        num_workers=args.num_workers, progress=False)
+                                        num_workers=args.num_workers, progress=False, knn_exclude_self=same, **knn)
                 thr = scoring.threshold(ref, method, **kw)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"pyaeplus score: {e}", file=sys.stderr)
@@ -506,7 +516,12 @@ def _add_score_parser(sub) -> None:
     s.add_argument("--split", default="test")
     s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
     s.add_argument("--out", required=True, help="scores file: .npy, .csv or .parquet (pyarrow)")
-    s.add_argument("--score", default="model", choices=("model", "mse", "mae", "bce", "ssim", "ms_ssim", "svdd", "elbo"))
+    s.add_argument("--score", default="model",
+                   choices=("model", "mse", "mae", "bce", "ssim", "ms_ssim", "latent_knn", "svdd", "elbo"))
+    s.add_argument("--knn-reference", help="with --score latent_knn: the normal training data ('<kind>:<path>', "
+                                          "train split), whose latents the k nearest are searched among")
+    s.add_argument("--k", type=int, default=5, help="neighbours for --score latent_knn")
+    s.add_argument("--knn-metric", default="l2", help="latent distance for --score latent_knn (l2, cosine, ...)")
     s.add_argument("--model", help="expected model name; a checkpoint of another model is refused")
     s.add_argument("--maps", metavar="DIR", help="also write per-pixel anomaly maps (image models) to DIR/maps.npy")
     s.add_argument("--threshold", help="a number, or METHOD[:K=V,...] (mean_std, percentile, fpr, contamination, pot)")

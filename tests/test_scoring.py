@@ -298,3 +298,29 @@ def test_cli_score(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--model" in err and "--labels" in err and "out" in err
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_cli_score_latent_knn_parquet(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    from pyaeplus.checkpoint import save_checkpoint
+    from pyaeplus.cli import main
+    m = _conv()
+    save_checkpoint(tmp_path / "ck", m)
+    x, train = _images(50).numpy(), _images(70, seed=5).numpy()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "train.npy", train)
+    out = tmp_path / "s.parquet"
+    args = ["score", "--checkpoint", str(tmp_path / "ck"), "--data", str(tmp_path / "x.npy"), "--out", str(out),
+            "--score", "latent_knn", "--knn-reference", str(tmp_path / "train.npy"), "--k", "3",
+            "--threshold", "percentile:q=95", "--threshold-data", str(tmp_path / "train.npy")]
+    assert main(args) == 0
+    ref = scoring.score(m, torch.from_numpy(x), score="latent_knn", knn_reference=torch.from_numpy(train), k=3,
+                        progress=False)
+    np.testing.assert_array_equal(scoring.read_scores(out), ref)
+    train_scores = scoring.score(m, torch.from_numpy(train), score="latent_knn", knn_reference=torch.from_numpy(train),
+                                 k=3, progress=False, knn_exclude_self=True)
+    summary = json.loads((tmp_path / "s_summary.json").read_text())
+    assert summary["threshold"] == pytest.approx(np.percentile(train_scores, 95), rel=1e-6)
+    out.unlink()
+    assert main(args[:9]) == 2 and "--knn-reference" in capsys.readouterr().err
+    assert not out.exists()
