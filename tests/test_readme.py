@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 
+import numpy as np
 import pytest
 
 from conftest import DATA_ROOT, REPO
@@ -41,3 +42,9 @@ def test_training_example_runs(tmp_path, monkeypatch):
     ns: dict = {}
     exec(compile(code, "README.md:models", "exec"), ns)
     assert ns["scores"].shape == (1000,)
+    # the scoring block continues from the training block's names
+    code = _blocks()[2].replace("epochs=5", "epochs=1")
+    exec(compile(code, "README.md:scoring", "exec"), ns)
+    assert ns["s"].shape == (10000,) and (tmp_path / "scores.npy").exists()
+    assert 0.5 < ns["m"]["auroc"] <= 1.0 and ns["knn"].shape == (10000,)
+    assert set(np.unique(ns["flags"]).tolist()) <= {0, 1} and ns["det"].threshold_ > 0
