@@ -671,6 +671,37 @@ def test_laplacian_bad_batches():
         M.LaplacianAE(M.DenseAE(144, [], 2)).loss((x[:8], torch.arange(8)))
     with pytest.raises(TypeError, match="graph must be"):
         M.LaplacianAE(M.DenseAE(144, [], 2), graph="knn")
+    with pytest.raises(TypeError, match="scale_invariant"):
+        M.LaplacianAE(M.DenseAE(144, [], 2), scale_invariant=1)
+
+
+def test_laplacian_scale_invariant_ignores_the_latent_scale():
+    # Without it, shrinking every latent by c shrinks the penalty by c^2: the encoder can satisfy
+    # the regularizer without arranging neighbours (it collapsed the latents on MNIST).
+    x = _data(120)
+    graph = M.LaplacianAE.knn_graph_of(x, 6)
+    idx = torch.arange(0, 120, 3)
+    xb = x[idx]
+    for inv in (False, True):
+        torch.manual_seed(0)
+        m = M.LaplacianAE(M.DenseAE(144, [16], 4), lam=0.7, graph=graph, scale_invariant=inv)
+        lap = m.loss((xb, idx))["laplacian"]
+        z = m.encode(xb).detach()
+        w = graph.subgraph(idx).to_dense()
+        expect = 0.7 * (w * torch.cdist(z, z).square()).sum() / (w != 0).sum()
+        if inv:
+            expect = expect / torch.cdist(z, z).square().mean()     # mean over all ordered pairs
+        torch.testing.assert_close(lap, expect, rtol=1e-4, atol=1e-6)
+        with torch.no_grad():                                        # latents x 0.1
+            last = [mod for mod in m.base.encoder.modules() if isinstance(mod, torch.nn.Linear)][-1]
+            last.weight.mul_(0.1)
+            last.bias.mul_(0.1)
+        out = m.loss((xb, idx))
+        torch.testing.assert_close(out["laplacian"], lap * (1.0 if inv else 0.01), rtol=1e-4, atol=1e-7)
+        out["loss"].backward()
+        assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+        rebuilt = M.build("laplacian", **json.loads(json.dumps(m.config)))
+        assert rebuilt.scale_invariant is inv
 
 
 # ---- image losses (fused SSIM kernels) ----------------------------------------------------
