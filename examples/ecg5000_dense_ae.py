@@ -59,6 +59,10 @@ def run_once(ds, seed: int, epochs: int, batch_size: int, device: torch.device, 
     torch.manual_seed(seed)  # the seed also sets the initial weights
     model = models.build("dense", in_features=140, hidden=[32, 16], latent=8, activation="relu",
                          latent_activation="relu", output_activation="sigmoid", loss="mae")
+    for m in model.modules():  # Keras' Dense defaults, as in the tutorial: Glorot uniform, zero bias
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(m.weight)
+            torch.nn.init.zeros_(m.bias)
     fit = train.fit(model, normal_tr, epochs=epochs, batch_size=batch_size, lr=1e-3, optimizer="adam",
                     device=device, seed=seed, progress=progress)
     model = fit.model.eval()
@@ -117,7 +121,8 @@ def main(argv=None) -> dict:
     tables = []
     for label, _, _ in schedules:
         lines = [f"**Per seed, schedule {label}** (normal = positive class for accuracy/precision/recall; "
-                 "AUROC of the MAE score for 'abnormal', which equals the normal-positive AUROC of −MAE)", "",
+                 "AUROC of the MAE score for 'abnormal', which equals the normal-positive AUROC of −MAE; train recall: "
+                 "share of the normal training beats below the threshold)", "",
                  "| seed | accuracy | precision | recall | AUROC | threshold | final train MAE | train recall |",
                  "|---|---|---|---|---|---|---|---|"]
         for r in rows[label]:
@@ -144,7 +149,7 @@ def main(argv=None) -> dict:
                 f"({', '.join(map(str, seeds))}): stratified 80/20 split (normal vs abnormal; "
                 f"{n_tr} normal training beats, {n_te} test beats of which {n_te_norm} normal), global "
                 "min-max scaling fitted on all training beats, DenseAE 140-32-16-8-16-32-140 (ReLU, ReLU on "
-                "the 8-d code, sigmoid output), MAE loss, Adam lr 1e-3, trained on the normal training beats "
+                "the 8-d code, sigmoid output; Glorot-uniform weights and zero biases as Keras initialises Dense layers), MAE loss, Adam lr 1e-3, trained on the normal training beats "
                 "only; threshold = mean + 1 std (population std) of the normal training beats' MAE; predicted "
                 "normal when MAE < threshold. The seed sets the split, the initial weights and the batch order. "
                 + ("Schedules: " + "; ".join(s[0] for s in schedules) + ". Unprefixed metrics are the "
@@ -155,11 +160,31 @@ def main(argv=None) -> dict:
                    "unstratified 80/20 split (998 test beats); only the 500-row TRAIN file is available here, "
                    f"so each test split has {n_te} beats ({n_te_norm} normal): one misclassified beat moves "
                    "accuracy by 0.01, hence 5 seeds and mean ± std. The published numbers are one run of one "
-                   "split. Initialisation: PyTorch's default Linear init instead of Keras' Glorot uniform. "
-                   "The tutorial's schedule (20 epochs at batch 512 = 20 optimizer steps) is reported as is, "
-                   "and a longer schedule is added because 20 steps leave this network underfit.")
+                   "split. "
+                   + (_schedule_note(rows, schedules) if len(schedules) > 1 else
+                      "Quick run: only the longer schedule, one seed."))
     return _common.save(NAME, args, device, t0, results=results, published=published, protocol=protocol,
                         differences=differences, tables=tables, figures=figures)
+
+
+def _schedule_note(rows: dict, schedules: list) -> str:
+    """What the tutorial's 20-step schedule leaves on the table, in measured numbers."""
+    (tut, *_), (lng, *_) = schedules[0], schedules[-1]
+
+    def mean(label, k):
+        return float(np.mean([r[k] for r in rows[label]]))
+
+    return (f"The tutorial's schedule (20 epochs at batch 512 = 20 optimizer steps on these 233-234 beats) is "
+            f"reported as is ('tutorial_schedule/'): it ends at a training MAE of {mean(tut, 'final_train_mae'):.4f} "
+            f"against {mean(lng, 'final_train_mae'):.4f} after 800 steps, i.e. it underfits, which costs accuracy "
+            f"({mean(tut, 'accuracy'):.3f} vs {mean(lng, 'accuracy'):.3f}) and AUROC ({mean(tut, 'auroc'):.3f} vs "
+            f"{mean(lng, 'auroc'):.3f}); on the full data set the tutorial's 20 epochs are about 100 steps "
+            "(some 2,300 normal training beats in 5 batches of 512), so the longer schedule on this small split is "
+            "the closer analogue. Recall is bounded by the "
+            "threshold rule itself: mean + 1 std of the training losses leaves "
+            f"{1 - mean(lng, 'train_recall'):.1%} of the normal training beats above the threshold ('train_recall' "
+            f"{mean(lng, 'train_recall'):.3f}), and the test recall ({mean(lng, 'recall'):.3f}) cannot be expected "
+            "much above that; the published 0.907 is one split of a data set 10 times larger.")
 
 
 def _beats_figure(model, x_te: torch.Tensor, normal_te: np.ndarray, path: pathlib.Path) -> pathlib.Path:
