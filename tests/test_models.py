@@ -546,6 +546,32 @@ def test_sparse_topk_matches_plain_torch_and_uses_alpha_at_eval():
     torch.testing.assert_close(fresh.encoder.weight, fresh.decoder.weight)
 
 
+def test_sparse_topk_tied_weights_share_one_parameter():
+    x = _data(7)
+    tied = M.SparseAE(144, 24, k=4, input_shape=(1, 12, 12), tied=True)
+    assert tied.encoder.weight is tied.decoder.weight
+    assert len(list(tied.parameters())) == 3                             # W, b_enc, b_dec
+    # the same weights untied: the tied gradient is the sum of the encoder and decoder gradients
+    free = M.SparseAE(144, 24, k=4, input_shape=(1, 12, 12))
+    free.load_state_dict(tied.state_dict())
+    for m in (tied, free):
+        m.train()
+        (3.0 * m.loss(x)["loss"]).backward()                               # a loss that is not last
+    torch.testing.assert_close(tied.decoder.weight.grad, free.encoder.weight.grad + free.decoder.weight.grad)
+    opt = torch.optim.SGD(tied.parameters(), lr=0.1)
+    opt.step()
+    assert tied.encoder.weight is tied.decoder.weight
+    # rebuilt from config (and a state dict) it stays tied
+    again = M.build("sparse", **tied.config)
+    again.load_state_dict(tied.state_dict())
+    assert again.encoder.weight is again.decoder.weight
+    torch.testing.assert_close(again.decoder.weight, tied.decoder.weight)
+    with pytest.raises(ValueError, match="tied"):
+        M.SparseAE(144, 24, sparsity="l1", tied=True)
+    with pytest.raises(TypeError, match="tied"):
+        M.SparseAE(144, 24, k=4, tied=1)
+
+
 def test_sparse_auxk_revives_dead_latents():
     x = _data(32)
     torch.manual_seed(1)

@@ -32,7 +32,8 @@ class SparseAE(AutoEncoder):
       ``aux_k`` pre-activations among the dead latents (no bias) — this gives dead latents a
       gradient towards what the live ones miss. NMSE is the per-sample squared error divided by
       ‖e‖², averaged; ``aux_coef`` defaults to 1/32 as in Gao et al. Decoder rows start at unit
-      norm with the encoder tied to them.
+      norm with the encoder tied to them; ``tied=True`` keeps them tied in training (one shared
+      (latent, F) parameter, as in Makhzani & Frey's k-sparse autoencoder).
     * ``sparsity="l1"``: ReLU codes, loss ``recon + l1 · mean_b ‖h_b‖₁``.
     * ``sparsity="kl"``: sigmoid codes, loss ``recon + beta · Σ_j KL(rho ‖ ρ̂_j)`` with ρ̂_j the
       batch-mean activation of unit j (Ng's sparse autoencoder).
@@ -47,6 +48,7 @@ class SparseAE(AutoEncoder):
         aux_k: top-k: dead latents used by AuxK (default ``min(2k, latent)``; 0 disables AuxK).
         aux_coef: top-k: weight of the AuxK term.
         dead_steps: top-k: training steps without firing after which a latent counts as dead.
+        tied: top-k: share one (latent, F) weight between the encoder and the decoder rows.
         l1: L1 weight (``"l1"``).
         rho, beta: target activation and KL weight (``"kl"``).
         loss: reconstruction loss name (``bce`` needs ``output_activation="sigmoid"``).
@@ -64,7 +66,8 @@ class SparseAE(AutoEncoder):
                  k_eval: int | None = None, alpha: float | None = None, aux_k: int | None = None,
                  aux_coef: float = 1 / 32, dead_steps: int = 100, l1: float = 1e-3, rho: float = 0.05,
                  beta: float = 1.0, loss: str = "mse", output_activation: str | None = None,
-                 input_shape: Sequence[int] | None = None, loss_options: dict | None = None):
+                 input_shape: Sequence[int] | None = None, loss_options: dict | None = None,
+                 tied: bool = False):
         super().__init__()
         in_features = _validate.integer("in_features", in_features, lo=1)
         latent = _validate.integer("latent", latent, lo=1)
@@ -86,6 +89,10 @@ class SparseAE(AutoEncoder):
         if not 0 < self.rho < 1:
             raise ValueError(f"rho must be in (0, 1), got {rho}")
         self.beta = _validate.number("beta", beta, nonnegative=True)
+        if not isinstance(tied, bool):
+            raise TypeError(f"tied must be a bool, got {type(tied).__name__}")
+        if tied and sparsity != "topk":
+            raise ValueError(f"tied=True is supported for sparsity='topk' only, got sparsity={sparsity!r}")
         shape = check_image_shape("input_shape", input_shape)
         if shape is not None and math.prod(shape) != in_features:
             raise ValueError(f"input_shape {shape} has {math.prod(shape)} elements but in_features={in_features}")
@@ -93,7 +100,7 @@ class SparseAE(AutoEncoder):
                             alpha=alpha, aux_k=aux_k, aux_coef=self.aux_coef, dead_steps=self.dead_steps,
                             l1=self.l1, rho=self.rho, beta=self.beta, loss=loss,
                             output_activation=output_activation,
-                            input_shape=None if shape is None else list(shape))
+                            input_shape=None if shape is None else list(shape), tied=tied)
         self._config["loss_options"] = self._init_recon(
             loss, shape if shape is not None else (in_features,),
             shape if shape is not None and len(shape) == 3 else None, loss_options)
@@ -112,6 +119,8 @@ class SparseAE(AutoEncoder):
                 self.encoder.weight.copy_(self.decoder.weight)
                 self.encoder.bias.zero_()
                 self.decoder.bias.zero_()
+            if tied:  # one Parameter: both uses add their gradients into it
+                self.encoder.weight = self.decoder.weight
             # steps since each latent last fired (training steps); a buffer so checkpoints keep it
             self.register_buffer("steps_since_active", torch.zeros(latent, dtype=torch.int64))
         else:
