@@ -331,7 +331,7 @@ def _differences(sched: Schedule, rows: dict[str, list[dict]]) -> str:
     else:
         parts.append("The full schedule is that of Ruff's PyTorch reference implementation; the paper's numbers "
                      "came from their earlier Theano code with its own epoch counts.")
-    parts.append("One seed per digit (the paper reports the mean over 10 seeds, std typically 0.1–2 AUROC points).")
+    parts.append("One seed per digit (the paper reports the mean over 10 seeds).")
     parts.append("The decoder mirrors the encoder with linear 32→196, nearest upsampling and 5x5 convolutions "
                  "instead of Ruff's reshape to 2x4x4 and transposed convolutions.")
     parts.append("The learning-rate drop is a second fit() run, so Adam's moment estimates restart at the milestone.")
