@@ -54,7 +54,8 @@ CHECK_EPOCHS = 20  # longer-schedule check of the first digit on the shortened '
 
 
 # NamedTuples, not dataclasses: the test fixture loads this file without registering it in
-# sys.modules, which dataclasses need to resolve string annotations.
+# sys.modules, and a dataclass field annotated "module.Type" (a string under the __future__
+# import) makes dataclasses look its module up there (AttributeError on None).
 class Schedule(NamedTuple):
     name: str
     epochs: int
