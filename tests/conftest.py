@@ -71,6 +71,7 @@ def _load_example(script: str):
     try:
         spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
         mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses and pickling look the module up by name
         spec.loader.exec_module(mod)
     finally:
         sys.path.remove(str(path.parent))
