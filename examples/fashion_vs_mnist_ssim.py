@@ -213,7 +213,8 @@ def main(argv=None) -> dict:
                 "'same' zero padding, the padding pyaeplus.scoring uses for score='ssim'), one with loss='mse'; "
                 f"same seed ({args.seed}), Adam lr 1e-3, batch 128, {sched} on {device.type} (schedule by device: "
                 "20 epochs each on a GPU; on a CPU as many epochs as fit in 240 s per model so that the run stays "
-                "within 12 minutes; --epochs/--budget-s override). Scores: 1 − SSIM per image and per-pixel MSE "
+                f"within 12 minutes; --epochs/--budget-s override; this run: at most {max_epochs} epochs, "
+                + ("no time budget" if budget is None else f"a budget of {budget:.0f} s per model") + "). Scores: 1 − SSIM per image and per-pixel MSE "
                 "per image; AUROC/AP with MNIST as the positive (anomalous) class.")
     differences = ("No published number for this exact protocol (the issue asks for the comparison SSIM vs MSE "
                    "on this pair of datasets), so 'published' is empty. The architecture is the library's ConvAE "
