@@ -113,6 +113,36 @@ def cpu_rows(r: harness.Runner, name: str, x: np.ndarray, k: int) -> None:
         r.skip("pynndescent", str(e))
 
 
+def cpu_sweep_rows(r: harness.Runner, main_n: int, sizes: list[int], d: int, k: int) -> None:
+    """Time against N (Gaussian, D and k fixed at the main config): faiss-cpu direct (anchor) and
+    pyaeplus[faiss], mode "forward"; the main-size point comes from the main rows."""
+    import faiss
+
+    rng = np.random.default_rng(1)
+    for n in harness.sweep_points(main_n, sizes):
+        x = rng.standard_normal((n, d), dtype=np.float32)
+        cfg = {"data": "gaussian", "N": n, "D": d, "k": k, "dtype": "float32", "sweep": "N"}
+
+        def faiss_direct(x=x):
+            index = faiss.IndexFlatL2(d)
+            index.add(x)
+            index.search(x, k + 1)
+
+        r.add("faiss-cpu direct", cfg, "forward", faiss_direct, anchor=True)
+        with pyaeplus.config.checks(False):
+            r.add("pyaeplus[faiss]", cfg, "forward", lambda x=x: knn_graph(x, k, backend="faiss", progress=False))
+
+
+def gpu_sweep_rows(r: harness.Runner, main_n: int, sizes: list[int], d: int, k: int) -> None:
+    """GPU: time against N for the cdist+topk anchor and pyaeplus[triton] (forward)."""
+    for n in harness.sweep_points(main_n, sizes):
+        cfg = {"data": "gaussian", "N": n, "D": d, "k": k, "dtype": "float32", "sweep": "N"}
+        x = torch.randn(n, d, device="cuda")
+        r.add("torch cdist+topk", cfg, "forward", lambda x=x: torch_cdist_topk(x, k), anchor=True)
+        with pyaeplus.config.checks(False):
+            r.add("pyaeplus[triton]", cfg, "forward", lambda x=x: knn_graph(x, k, backend="triton", progress=False))
+
+
 def gpu_rows(r: harness.Runner, n: int, d: int, k: int) -> None:
     cfg = {"data": "gaussian", "N": n, "D": d, "k": k, "dtype": "float32"}
     x = torch.randn(n, d, device="cuda")
@@ -167,6 +197,8 @@ def main() -> None:
         rng = np.random.default_rng(0)
         n_gauss = 1500 if r.quick else 65536
         cpu_rows(r, "gaussian", rng.standard_normal((n_gauss, 64), dtype=np.float32), k)
+        if r.sweep:
+            cpu_sweep_rows(r, n_gauss, [500, 1000, 1500] if r.quick else [4096, 16384, 65536], 64, k)
         if imgs is not None:
             raw = features.raw_pixels(imgs, scale=1 / 255).numpy()
             cpu_rows(r, "fashion-mnist raw", raw, k)
@@ -176,6 +208,8 @@ def main() -> None:
     else:
         for n, d in ([(65536, 128)] if r.quick else [(1 << 20, 128)]):
             gpu_rows(r, n, d, k)
+            if r.sweep:
+                gpu_sweep_rows(r, n, [16384, 65536] if r.quick else [65536, 262144, 1 << 20], d, k)
     r.finish()
 
 

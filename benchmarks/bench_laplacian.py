@@ -106,6 +106,34 @@ def rows_for(r: harness.Runner, n: int, d: int, k: int, dtype: torch.dtype) -> N
         raise RuntimeError(f"pyaeplus loss {b} differs from the naive loss {a}")
 
 
+def sweep_rows(r: harness.Runner, main_n: int, sizes: list[int], d: int, k: int, dtype: torch.dtype) -> None:
+    """Time against N (d, k, dtype fixed at the main config): the naive anchor and the main pyaeplus
+    provider, mode "full"; the main-size point comes from the main rows."""
+    provs = _providers(r.device)[:1]
+    for n in harness.sweep_points(main_n, sizes):
+        g = make_graph(n, k, r.device)
+        cfg = {"N": n, "d": d, "k": k, "nnz": g.nnz, "dtype": str(dtype).replace("torch.", ""), "sweep": "N,nnz"}
+        z = torch.randn(n, d, device=r.device, dtype=dtype, requires_grad=True)
+        rows, cols, w = g.rows(), g.indices, g.weights.to(dtype)
+        g.prepare(None)
+        reps = 5 if n >= 65536 else None
+
+        def naive():
+            z.grad = None
+            (w * (z[rows] - z[cols]).pow(2).sum(1)).sum().backward()
+
+        r.add("torch naive gather", cfg, "full", naive, anchor=True, repeats=reps)
+        for label, be in provs:
+            def full(be=be):
+                z.grad = None
+                with backends.use(be):
+                    pyaeplus.laplacian_loss(z, g).backward()
+
+            with pyaeplus.config.checks(False):
+                r.add(label, cfg, "full", full, bytes_moved=4 * n * d * z.element_size() + g.nnz * 12 + (n + 1) * 8,
+                      repeats=reps)
+
+
 def main() -> None:
     r = harness.Runner("laplacian", description=__doc__.split("\n\n")[0])
     if r.device == "cpu":
@@ -119,6 +147,15 @@ def main() -> None:
         r.skip("pyaeplus", f"no pyaeplus backend can run on {r.device}: {backends.available()}")
     for n, d, k, dt in shapes:
         rows_for(r, n, d, k, dt)
+    if r.sweep:
+        main_n, d, k, dt = shapes[0]
+        if r.quick:
+            sizes = [1024, 2048, 4096]
+        elif r.device == "cpu":
+            sizes = [4096, 16384, 65536]
+        else:
+            sizes = [4096, 16384, 65536, 262144, 1 << 20]
+        sweep_rows(r, main_n, sizes, d, k, dt)
     r.finish()
 
 

@@ -110,6 +110,39 @@ def decode_rows(r: harness.Runner, B: int, D: int, k: int, d_out: int, dtype: to
         r.add(label, cfg, "full", full)
 
 
+def sweep_rows(r: harness.Runner, main_b: int, sizes: list[int], D: int, k: int, d_out: int) -> None:
+    """Time against the batch B for the top-k + decode training step (fp32, D, k, d_out fixed at the
+    main config): the dense torch anchor and the main pyaeplus provider, mode "full"; the main-size
+    point comes from the main rows."""
+    provs = _pyaeplus_providers(r.device)[:1]
+    W = (torch.randn(D, d_out, device=r.device) / d_out ** 0.5).requires_grad_()
+    b = torch.zeros(d_out, device=r.device, requires_grad=True)
+    for B in harness.sweep_points(main_b, sizes):
+        cfg = {"step": "topk+decode", "B": B, "D": D, "k": k, "d_out": d_out, "dtype": "float32", "sweep": "B"}
+        pre = torch.randn(B, D, device=r.device, requires_grad=True)
+        g = torch.randn(B, d_out, device=r.device)
+        reps = 5 if B * D >= (1 << 27) else None
+
+        def clear():
+            pre.grad = W.grad = b.grad = None
+
+        def dense():
+            clear()
+            vals, idx = torch.topk(pre, k, dim=-1)
+            (torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals)) @ W + b).backward(g)
+
+        r.add("torch dense (topk+scatter+matmul)", cfg, "full", dense, anchor=True, repeats=reps)
+        for label, backend in provs:
+            def step(backend=backend):
+                clear()
+                with backends.use(backend), pyaeplus.config.checks(False):
+                    codes = pyaeplus.topk_activation(pre, k, relu=True, output="sparse")
+                    pyaeplus.sparse_decode(codes.values, codes.indices, W, b).backward(g)
+
+            r.add(label, cfg, "full", step, repeats=reps)
+        del pre, g
+
+
 def main() -> None:
     r = harness.Runner("sparse_decode", description=__doc__.split("\n\n")[0])
     if r.device == "cpu":
@@ -129,6 +162,11 @@ def main() -> None:
     for B, D, k, d_out, dtype in shapes:
         sae_rows(r, B, D, k, d_out, dtype)
         decode_rows(r, B, D, k, d_out, dtype)
+    if r.sweep:
+        B, D, k, d_out, _ = shapes[0]
+        sizes = [64, 128, 256] if r.quick else ([256, 1024, 4096, 8192] if r.device == "cpu"
+                                               else [256, 1024, 4096, 8192, 32768])
+        sweep_rows(r, B, sizes, D, k, d_out)
     r.finish()
 
 

@@ -101,6 +101,32 @@ def run_shape(r: harness.Runner, N: int, C: int, H: int, W: int, dtype: torch.dt
         add3(f"pyaeplus[{b}] L1+SSIM", lambda a, t: pyaeplus.l1_ssim_loss(a, t), backend=b)
 
 
+def sweep_rows(r: harness.Runner, main_s: int, sizes: list[int], N: int, C: int, libs: dict) -> None:
+    """Time against the image side S (N x C x S x S, fp32): the pytorch_msssim anchor and the main
+    pyaeplus backend, mode "full"; the main-size point comes from the main rows."""
+    pm = libs["pytorch_msssim"]
+    b = _pyaeplus_backends(r.device)[0]
+    for S in harness.sweep_points(main_s, sizes):
+        cfg = {"N": N, "C": C, "H": S, "W": S, "dtype": "float32", "sweep": "H,W"}
+        torch.manual_seed(0)
+        y = torch.rand(N, C, S, S, device=r.device)
+        x = (y + 0.1 * torch.randn_like(y)).clamp(0, 1).requires_grad_(True)
+        reps = 5 if S >= 512 else None
+
+        def full_pm():
+            x.grad = None
+            pm.ssim(x, y, data_range=1.0).backward()
+
+        def full_ours():
+            x.grad = None
+            with config.checks(False), backends.use(b):
+                pyaeplus.ssim(x, y, data_range=1.0).backward()
+
+        if pm is not None:
+            r.add("pytorch_msssim", cfg, "full", full_pm, anchor=True, repeats=reps)
+        r.add(f"pyaeplus[{b}]", cfg, "full", full_ours, repeats=reps)
+
+
 def main() -> None:
     r = harness.Runner("ssim", description=__doc__.split("\n\n")[0])
     big = "--big" in r.extra
@@ -126,6 +152,11 @@ def main() -> None:
     for dtype in dtypes:
         for N, C, H, W in shapes:
             run_shape(r, N, C, H, W, dtype, libs)
+    if r.sweep:
+        N, C, S, _ = shapes[0]
+        sizes = [32, 64, 128] if r.quick else ([32, 64, 128, 256, 512] if r.device == "cpu"
+                                               else [32, 64, 128, 256, 512, 1024])
+        sweep_rows(r, S, sizes, N, C, libs)
     r.finish()
 
 

@@ -121,6 +121,33 @@ def batch_rows(r: harness.Runner, B: int, D: int, k: int, dtype: torch.dtype) ->
         r.add(name, cfg, "forward", fwd)
 
 
+def sweep_rows(r: harness.Runner, main_b: int, sizes: list[int], D: int, k: int) -> None:
+    """Time against the batch B (dense fp32 output, D and k fixed at the main config): the
+    torch.topk+scatter anchor and the main pyaeplus provider, mode "full"; the main-size point
+    comes from the main rows."""
+    provs = _providers(r.device)[:1]
+    for B in harness.sweep_points(main_b, sizes):
+        cfg = {"B": B, "D": D, "k": k, "dtype": "float32", "output": "dense", "sweep": "B"}
+        x = torch.randn(B, D, device=r.device, requires_grad=True)
+        g = torch.randn(B, D, device=r.device)
+        reps = 5 if B * D >= (1 << 27) else None
+
+        def anchor():
+            x.grad = None
+            vals, idx = torch.topk(x, k, dim=-1)
+            torch.zeros_like(x).scatter(-1, idx, torch.relu(vals)).backward(g)
+
+        r.add("torch.topk+scatter", cfg, "full", anchor, anchor=True, repeats=reps)
+        for name, backend in provs:
+            def full(backend=backend):
+                x.grad = None
+                with config.checks(False), backends.use(backend):
+                    pyaeplus.topk_activation(x, k, relu=True).backward(g)
+
+            r.add(name, cfg, "full", full, repeats=reps)
+        del x, g
+
+
 def main() -> None:
     r = harness.Runner("topk", description=__doc__.split("\n\n")[0])
     cuda = r.device.startswith("cuda")
@@ -141,6 +168,11 @@ def main() -> None:
             sparse_rows(r, B, D, k, dtype)
     batch_shape = (64, 1024, 8) if r.quick else (1024, 16384, 32)
     batch_rows(r, *batch_shape, torch.float32)
+    if r.sweep:
+        B, D, k = shapes[0]
+        sizes = [16, 64, 256] if r.quick else ([256, 1024, 4096, 8192] if not cuda
+                                              else [256, 1024, 4096, 8192, 32768])
+        sweep_rows(r, B, sizes, D, k)
     r.finish()
 
 

@@ -195,6 +195,7 @@ class Runner:
         ap.add_argument("--out", default=str(RESULTS), help="results folder")
         ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
         ap.add_argument("--only", default=None, help="comma-separated provider substrings to run")
+        ap.add_argument("--no-sweep", action="store_true", help="skip the time-against-size sweep rows")
         self.args, self.extra = ap.parse_known_args(argv)
         self.name = name
         self.description = description
@@ -216,6 +217,8 @@ class Runner:
         except Exception:
             pass
         self._bw: float | None = None
+        # Size sweeps (rows whose config carries "sweep": "<dim>") are on unless --no-sweep.
+        self.sweep = not self.args.no_sweep
 
     # -- measurement -------------------------------------------------------------------------
     def wants(self, provider: str) -> bool:
@@ -234,14 +237,17 @@ class Runner:
         return self._bw
 
     def add(self, provider: str, config: dict, mode: str, fn: Callable[[], Any] | BackwardOnly, *,
-            anchor: bool = False, bytes_moved: int | None = None, note: str | None = None) -> dict | None:
+            anchor: bool = False, bytes_moved: int | None = None, note: str | None = None,
+            repeats: int | None = None) -> dict | None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not self.wants(provider):
             return None
         try:
-            t = _time(fn, self.device, warmup=self.warmup, repeats=self.repeats,
-                      min_time_s=0.05 if self.quick else 0.5)
+            # `repeats` (sweep rows): fewer timed calls for big sizes, still at least 0.2 s of samples
+            t = _time(fn, self.device, warmup=min(self.warmup, 1) if repeats else self.warmup,
+                      repeats=repeats or self.repeats,
+                      min_time_s=0.05 if self.quick else (0.2 if repeats else 0.5))
             mem = None if self.args.no_memory else peak_memory_bytes(fn, self.device)
         except Exception as e:  # a provider that fails on a shape is reported, not fatal
             self.skip(f"{provider} {config} {mode}", f"{type(e).__name__}: {e}")
@@ -283,6 +289,12 @@ class Runner:
         mpath.write_text(render_markdown(doc))
         print(f"[{self.name}] wrote {jpath} and {mpath}", flush=True)
         return jpath
+
+
+def sweep_points(main: int, sizes: list[int]) -> list[int]:
+    """The sweep sizes other than the main config's (that point is already measured by the main rows,
+    which the report joins to the sweep: one measurement per config)."""
+    return [s for s in sizes if s != main]
 
 
 def _cfg(config: dict) -> str:
