@@ -35,6 +35,11 @@
 # a GPU), the demo on the CPU with 1 epoch, the headline benchmark at tiny sizes. Options:
 #   --only machine,carry,build,bench,checks,summary   run these quick steps only (summary always runs)
 #   --skip-build                                      use the source tree (PYTHONPATH=repo) instead
+# and, to re-run parts (call 2), environment variables:
+#   GPU_CHECK_HEADLINE_OPS=ssim,topk   only these ops in the headline benchmark (default all)
+#   GPU_CHECK_PYTEST_ARGS="-k ssim"    more pytest arguments for the GPU tests (e.g. select the failures)
+#   GPU_CHECK_ZOO_ONLY=conv_ssim,vae   only these models in the zoo step
+#   GPU_CHECK_BUDGET_S=345             the overall time budget (seconds)
 #
 # Output: $OUT (default out/gpu-check or out/gpu-check-dry); logs in $GPU_CHECK_WORK (default
 # /tmp/gpu-check[-dry]). The older stages write their logs and JSON to $OUT directly and pack results
@@ -140,11 +145,13 @@ pack() {  # every log, not the installed packages or checkpoints
   tar czf "$OUT/logs.tgz" -C "$W" --exclude=./dry-site --exclude=./buildtools --exclude=./site --exclude=./site-fused \
     --exclude='*.safetensors' . 2>/dev/null
 }
-# step NAME LIMIT CMD...: CMD under `timeout`, output in $W/NAME.log, one line in steps.tsv
+# step NAME LIMIT CMD...: CMD under `timeout` (signal $SIG, default TERM), output in $W/NAME.log, one
+# line in steps.tsv
 step() {
   local name=$1 limit=$2; shift 2
-  local t=$(date +%s)
-  timeout -k 5 "$limit" "$@" >"$W/$name.log" 2>&1
+  local t
+  t=$(date +%s)
+  timeout -s "${SIG:-TERM}" -k 10 "$limit" "$@" >"$W/$name.log" 2>&1
   local rc=$?
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t ))" "$limit" "${NOTE:-}" >>"$W/steps.tsv"
   log "$name: exit $rc in $(( $(date +%s) - t )) s (limit $limit s)${NOTE:+; $NOTE}"
@@ -198,7 +205,7 @@ q_build() {
     fi
   fi
   PYTHONPATH="$W/buildtools${PYTHONPATH:+:$PYTHONPATH}" PYAEPLUS_CUDA=ON CUDAARCHS=90 \
-    CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16} \
+    CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$([ $DRY = 1 ] && nproc || echo 16)} \
     step build "$(cap 170 $([ $DRY = 1 ] && echo 60 || echo 160))" $PY -m pip install -v --no-build-isolation --no-deps \
       "${target[@]}" .
   local rc=$?
@@ -221,7 +228,9 @@ q_bench() {
   t=$(cap 130 95)
   local extra=()
   [ $DRY = 1 ] && extra=(--dry-run --device cpu --no-memory)
-  step bench "$t" $PY benchmarks/gpu_headline.py --out "$W/results" --budget-s $(( t - 10 )) "${extra[@]}"
+  [ -n "${GPU_CHECK_HEADLINE_OPS:-}" ] && extra+=(--ops "$GPU_CHECK_HEADLINE_OPS")
+  step bench "$t" $PY benchmarks/gpu_headline.py --out "$W/results" --budget-s $(( t - 10 )) --repeats 10 --warmup 2 \
+    "${extra[@]}"
   cp "$W"/results/headline-*.json "$W"/results/headline-*.md "$OUT/" 2>/dev/null
 }
 
@@ -237,9 +246,11 @@ q_tests() {
   fi
   $PY -c "import xdist" 2>/dev/null && par=(-n 8)
   $PY -c "import pytest_timeout" 2>/dev/null && par+=(--timeout "$(( t / 2 ))")
-  PYAEPLUS_GPU_CHECK=1 TRITON_INTERPRET=0 step tests "$t" $PY -P -m pytest -q -m "gpu and not slow" \
+  # shellcheck disable=SC2086  # GPU_CHECK_PYTEST_ARGS is a list of words
+  # SIGINT at the limit: pytest stops as on Ctrl-C and still writes its summary and the junit file
+  SIG=INT PYAEPLUS_GPU_CHECK=1 TRITON_INTERPRET=0 step tests "$t" $PY -P -m pytest -q -m "gpu and not slow" \
     -p no:cacheprovider --continue-on-collection-errors -rfEs --durations=15 --junitxml="$W/junit-gpu.xml" \
-    "${par[@]}" tests
+    "${par[@]}" ${GPU_CHECK_PYTEST_ARGS:-} tests
 }
 
 q_sanitize() {
@@ -270,7 +281,8 @@ q_checks() {
   t=$(cap 150 15)
   local pids=()
   q_tests "$t" & pids+=($!)
-  step zoo "$(( t < 90 ? t : 90 ))" $PY benchmarks/gpu_zoo_step.py --device $DEV --out "$W/zoo.json" & pids+=($!)
+  step zoo "$(( t < 90 ? t : 90 ))" $PY benchmarks/gpu_zoo_step.py --device $DEV --out "$W/zoo.json" \
+    ${GPU_CHECK_ZOO_ONLY:+--only "$GPU_CHECK_ZOO_ONLY"} & pids+=($!)
   step demo "$(( t < 90 ? t : 90 ))" $PY -m pyaeplus.cli demo --quick --device $DEV --no-progress --out "$W/demo" \
     $([ $DRY = 1 ] && echo --epochs 1) & pids+=($!)
   q_sanitize "$t" & pids+=($!)

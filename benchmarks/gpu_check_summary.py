@@ -34,6 +34,15 @@ def steps(work: pathlib.Path) -> list[dict]:
     return out
 
 
+def pytest_line(log: pathlib.Path) -> str | None:
+    """pytest's last "N passed, M failed ..." line (what is left when no junit file was written)."""
+    if not log.exists():
+        return None
+    found = [ln.strip("= \n") for ln in log.read_text(errors="replace").splitlines()
+             if re.search(r"\d+ (passed|failed|error|skipped|deselected)", ln)]
+    return found[-1] if found else None
+
+
 def junit(path: pathlib.Path) -> dict | None:
     if not path.exists():
         return None
@@ -85,7 +94,8 @@ def summarize(work: pathlib.Path) -> dict:
     zoo = _read_json(work / "zoo.json")
     demo = _read_json(work / "demo" / "results.json")
     return {"steps": steps(work), "gpu": gpu[0].strip() if gpu else None, "info": _read_json(work / "info.json"),
-            "tests": junit(work / "junit-gpu.xml"), "zoo": zoo, "demo": demo and {
+            "tests": junit(work / "junit-gpu.xml"), "pytest": pytest_line(work / "tests.log"), "zoo": zoo,
+            "demo": demo and {
                 k: demo.get(k) for k in ("auroc", "ap", "auroc_latent", "train_seconds", "total_seconds")},
             "sanitizer": sanitizer(work), "headline": headline(work)}
 
@@ -105,9 +115,12 @@ def _zoo_lines(zoo: dict) -> list[str]:
 
 def text(s: dict) -> list[str]:
     lines = [f"GPU: {s['gpu'] or '-'}"]
-    lines += [f"step {st['step']:10s} rc={st['rc']:<3d} {st['seconds']:6.1f} s / {st['limit_s']} s"
-              f"{' TIMED OUT' if st['timed_out'] else ''}{'  ' + st['note'] if st['note'] else ''}" for st in s["steps"]]
+    for st in s["steps"]:
+        lines.append(f"step {st['step']:10s} rc={st['rc']:<3d} {st['seconds']:6.1f} s / {st['limit_s']} s"
+                     + (" TIMED OUT" if st["timed_out"] else "") + (f"  {st['note']}" if st["note"] else ""))
     t = s["tests"]
+    if s["pytest"]:
+        lines.append(f"pytest: {s['pytest']}")
     if t and "error" not in t:
         lines.append(f"GPU tests: {t['passed']} passed, {t['failures']} failed, {t['errors']} errors, "
                      f"{t['skipped']} skipped of {t['tests']}")

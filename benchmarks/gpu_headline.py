@@ -213,13 +213,12 @@ def bench_knn(r: harness.Runner, dry: bool) -> None:
         small = x[:4096]
         for tf32 in (False, True):  # compile outside the timing
             knn_graph(small, k, backend="triton", tf32=tf32, progress=False)
-        r.add("pyaeplus[triton]", cfg, "forward", _on("auto", lambda: knn_graph(x, k, backend="triton", progress=False)),
-              repeats=1)
-        r.add("pyaeplus[triton,tf32]", cfg, "forward",
-              _on("auto", lambda: knn_graph(x, k, backend="triton", tf32=True, progress=False)), repeats=1)
+        for label, tf32 in (("pyaeplus[triton]", False), ("pyaeplus[triton,tf32]", True)):
+            r.add(label, cfg, "forward",
+                  _on("auto", lambda tf32=tf32: knn_graph(x, k, backend="triton", tf32=tf32, progress=False)), repeats=1)
     else:
-        r.add("pyaeplus[torch]", cfg, "forward", _on("auto", lambda: knn_graph(x, k, backend="torch", progress=False)),
-              repeats=1)
+        r.add("pyaeplus[torch]", cfg, "forward",
+              _on("auto", lambda: knn_graph(x, k, backend="torch", progress=False)), repeats=1)
     r.add("torch cdist+topk", cfg, "forward", lambda: torch_cdist_topk(x, k), anchor=True, repeats=1)
 
 
