@@ -37,7 +37,8 @@
 #   --skip-build                                      use the source tree (PYTHONPATH=repo) instead
 # and, to re-run parts (call 2), environment variables:
 #   GPU_CHECK_HEADLINE_OPS=ssim,topk   only these ops in the headline benchmark (default all)
-#   GPU_CHECK_PYTEST_ARGS="-k ssim"    more pytest arguments for the GPU tests (e.g. select the failures)
+#   GPU_CHECK_PYTEST_K="ssim and cuda"  a pytest -k expression for the GPU tests (e.g. the failures)
+#   GPU_CHECK_TESTS="tests/test_x.py::test_y[...] ..."  test files or node ids (default: tests)
 #   GPU_CHECK_ZOO_ONLY=conv_ssim,vae   only these models in the zoo step
 #   GPU_CHECK_BUDGET_S=345             the overall time budget (seconds)
 #
@@ -184,7 +185,7 @@ q_carry() {
     log "fused-ssim: source found at $src; not built in the dry run (its setup.py needs a CUDA torch)"
   else
     # In the background while pyaeplus builds (16 cores); q_bench waits for it.
-    ( CUDA_ARCHITECTURES=90 MAX_JOBS=6 TORCH_CUDA_ARCH_LIST=9.0 step fused_ssim "$(cap 200 150)" \
+    ( CUDA_ARCHITECTURES=90 MAX_JOBS=6 TORCH_CUDA_ARCH_LIST=9.0 step fused_ssim "$(cap 140 150)" \
         $PY -m pip install -v --no-build-isolation --no-deps --target "$W/site-fused" "$src" ) &
     FUSED_PID=$!
   fi
@@ -246,11 +247,12 @@ q_tests() {
   fi
   $PY -c "import xdist" 2>/dev/null && par=(-n 8)
   $PY -c "import pytest_timeout" 2>/dev/null && par+=(--timeout "$(( t / 2 ))")
-  # shellcheck disable=SC2086  # GPU_CHECK_PYTEST_ARGS is a list of words
+  [ -n "${GPU_CHECK_PYTEST_K:-}" ] && par+=(-k "$GPU_CHECK_PYTEST_K")
   # SIGINT at the limit: pytest stops as on Ctrl-C and still writes its summary and the junit file
+  # shellcheck disable=SC2086  # GPU_CHECK_TESTS: paths / node ids without spaces
   SIG=INT PYAEPLUS_GPU_CHECK=1 TRITON_INTERPRET=0 step tests "$t" $PY -P -m pytest -q -m "gpu and not slow" \
     -p no:cacheprovider --continue-on-collection-errors -rfEs --durations=15 --junitxml="$W/junit-gpu.xml" \
-    "${par[@]}" ${GPU_CHECK_PYTEST_ARGS:-} tests
+    "${par[@]}" ${GPU_CHECK_TESTS:-tests}
 }
 
 q_sanitize() {
@@ -270,6 +272,7 @@ q_sanitize() {
     tool=${run%%:*}; backend=${run##*:}
     rest=$(( t - ($(date +%s) - start) ))
     [ "$rest" -lt 15 ] && { log "sanitize $tool/$backend: no time left"; continue; }
+    [ "$run" = memcheck:triton ] || rest=$(( rest < t / 2 ? rest : t / 2 ))  # a hang leaves time for the next
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 step "sanitize-$tool-$backend" "$rest" "$cs" --tool "$tool" \
       --error-exitcode 86 --target-processes all --print-limit 30 \
       $PY benchmarks/gpu_sanitize_cases.py --backend "$backend"
@@ -277,13 +280,14 @@ q_sanitize() {
 }
 
 q_checks() {
-  local t
+  local t z
   t=$(cap 150 15)
+  z=$([ $DRY = 1 ] && echo "$t" || echo $(( t < 90 ? t : 90 )))  # the zoo step and the demo: ~20 s each on a GPU
   local pids=()
   q_tests "$t" & pids+=($!)
-  step zoo "$(( t < 90 ? t : 90 ))" $PY benchmarks/gpu_zoo_step.py --device $DEV --out "$W/zoo.json" \
+  step zoo "$z" $PY benchmarks/gpu_zoo_step.py --device $DEV --out "$W/zoo.json" \
     ${GPU_CHECK_ZOO_ONLY:+--only "$GPU_CHECK_ZOO_ONLY"} & pids+=($!)
-  step demo "$(( t < 90 ? t : 90 ))" $PY -m pyaeplus.cli demo --quick --device $DEV --no-progress --out "$W/demo" \
+  step demo "$z" $PY -m pyaeplus.cli demo --quick --device $DEV --no-progress --out "$W/demo" \
     $([ $DRY = 1 ] && echo --epochs 1) & pids+=($!)
   q_sanitize "$t" & pids+=($!)
   wait "${pids[@]}"

@@ -217,9 +217,9 @@ def test_laplacian_loss(device, backend, dtype, size):
         out = pyaeplus.laplacian_loss(zg, gd, normalization=norm, reduction=red)
         (gz,) = torch.autograd.grad(out, zg, torch.tensor(-2.5, device=device, dtype=out.dtype))
     assert out.dtype == torch.float32 and gz.dtype == dtype
-    z64 = z.double().cpu().requires_grad_()
-    ref = lap_ref.laplacian_loss(z64, graph.indptr, graph.indices, graph.weights, norm, red)
-    (rgz,) = torch.autograd.grad(ref, z64, torch.tensor(-2.5, dtype=torch.float64))
+    z64 = z.double().requires_grad_()  # the reference on the same device (millions of edges)
+    ref = lap_ref.laplacian_loss(z64, gd.indptr, gd.indices, gd.weights, norm, red)
+    (rgz,) = torch.autograd.grad(ref, z64, torch.tensor(-2.5, dtype=torch.float64, device=device))
     _close("loss", out.reshape(1), ref.reshape(1), torch.float32)  # float32 result of float32 sums
     _close("grad z", gz, rgz, dtype)
 
