@@ -195,6 +195,7 @@ q_build() {
   if [ $SKIP_BUILD = 1 ]; then
     NOTE="--skip-build: the source tree is imported" step build 5 true
     export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+    log "build: pyaeplus imported from $($PY -P -c 'import pyaeplus; print(pyaeplus.__file__)' 2>&1 | tail -n 1)"
     return 0
   fi
   local target=()
@@ -207,16 +208,18 @@ q_build() {
   fi
   PYTHONPATH="$W/buildtools${PYTHONPATH:+:$PYTHONPATH}" PYAEPLUS_CUDA=ON CUDAARCHS=90 \
     CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$([ $DRY = 1 ] && nproc || echo 16)} \
-    step build "$(cap 170 $([ $DRY = 1 ] && echo 60 || echo 160))" $PY -m pip install -v --no-build-isolation --no-deps \
+    step build "$([ $DRY = 1 ] && echo 1200 || cap 170 160)" $PY -m pip install -v --no-build-isolation --no-deps \
       "${target[@]}" .
   local rc=$?
-  [ $DRY = 1 ] && export PYTHONPATH="$W/dry-site${PYTHONPATH:+:$PYTHONPATH}"
-  $PY -P -m pyaeplus.cli info --json >"$W/info.json" 2>"$W/info.err"
-  $PY -P -m pyaeplus.cli info 2>&1 | tee -a "$OUT/summary.txt"
-  if ! $PY -P -c "import pyaeplus._cuda" 2>>"$W/info.err"; then
-    log "build: pyaeplus._cuda does not import (build exit $rc): falling back to the source tree (Triton only)"
-    [ $DRY = 1 ] || export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+  [ $DRY = 1 ] && [ -d "$W/dry-site/pyaeplus" ] && export PYTHONPATH="$W/dry-site${PYTHONPATH:+:$PYTHONPATH}"
+  if [ $rc != 0 ] || ! $PY -P -c "import pyaeplus._cuda" 2>>"$W/info.err"; then
+    # never whatever else `import pyaeplus` would find (a dev checkout's .pth): this tree's sources
+    log "build: exit $rc / pyaeplus._cuda does not import: falling back to the source tree (Triton only on a GPU)"
+    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
   fi
+  $PY -P -m pyaeplus.cli info --json >"$W/info.json" 2>>"$W/info.err"
+  $PY -P -m pyaeplus.cli info 2>&1 | tee -a "$OUT/summary.txt"
+  log "build: pyaeplus imported from $($PY -P -c 'import pyaeplus; print(pyaeplus.__file__)' 2>&1 | tail -n 1)"
   return $rc
 }
 
