@@ -69,8 +69,9 @@ def sanitizer(work: pathlib.Path) -> dict:
     for p in sorted(work.glob("sanitize-*.log")):
         text = p.read_text(errors="replace")
         summ = re.findall(r"ERROR SUMMARY: (\d+) error", text)
-        refused = [ln.strip() for ln in text.splitlines()
-                   if re.search(r"not supported|error 999|Unable to|LibraryNotLoaded|cannot", ln, re.I)][:3]
+        # compute-sanitizer's own lines start with "=========": keep the ones saying it could not work
+        refused = [ln.strip() for ln in text.splitlines() if ln.startswith("=========")
+                   and re.search(r"not supported|error 999|unable|failed|cannot", ln, re.I)][:3]
         cases = [ln.strip() for ln in text.splitlines() if "[sanitize-cases]" in ln][-3:]
         out[p.stem[len("sanitize-"):]] = {"errors": int(summ[-1]) if summ else None, "refused": refused,
                                           "cases": cases}
@@ -130,7 +131,8 @@ def text(s: dict) -> list[str]:
     if s["demo"]:
         lines.append("demo --quick: " + ", ".join(f"{k} {v:.4g}" for k, v in s["demo"].items() if v is not None))
     for tool, v in s["sanitizer"].items():
-        lines.append(f"sanitizer {tool}: errors {v['errors']}" + (f"; {v['refused'][0]}" if v["refused"] else "")
+        errors = "-" if v["errors"] is None else v["errors"]  # None: no ERROR SUMMARY (not run under the tool)
+        lines.append(f"sanitizer {tool}: errors {errors}" + (f"; {v['refused'][0]}" if v["refused"] else "")
                      + (f"; {v['cases'][-1]}" if v["cases"] else ""))
     h = s["headline"]
     if h:
