@@ -219,6 +219,10 @@ class Runner:
         self._bw: float | None = None
         # Size sweeps (rows whose config carries "sweep": "<dim>") are on unless --no-sweep.
         self.sweep = not self.args.no_sweep
+        # More top-level keys of the JSON document, and Markdown sections {title: lines} rendered
+        # before the tables (e.g. a verdict computed from the rows).
+        self.doc_extra: dict[str, Any] = {}
+        self.sections: dict[str, list[str]] = {}
 
     # -- measurement -------------------------------------------------------------------------
     def wants(self, provider: str) -> bool:
@@ -230,9 +234,10 @@ class Runner:
         self.skipped[provider] = reason
         print(f"[{self.name}] skip {provider}: {reason}", flush=True)
 
-    def copy_bandwidth_gbs(self) -> float:
+    def copy_bandwidth_gbs(self, nbytes: int | None = None) -> float:
+        """The device's copy bandwidth, measured once (``nbytes``: buffer size, default copy_bandwidth's)."""
         if self._bw is None:
-            self._bw = copy_bandwidth(self.device)
+            self._bw = copy_bandwidth(self.device, nbytes)
             self.env["copy_bandwidth_gbs"] = round(self._bw, 1)
         return self._bw
 
@@ -280,7 +285,9 @@ class Runner:
         out.mkdir(parents=True, exist_ok=True)
         slug = device_slug(self.device) + ("-quick" if self.quick else "")
         doc = {"name": self.name, "description": self.description, "env": self.env, "rows": self.rows,
-               "skipped": self.skipped}
+               "skipped": self.skipped, **self.doc_extra}
+        if self.sections:
+            doc["sections"] = self.sections
         jpath = out / f"{self.name}-{slug}.json"
         tmp = jpath.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=1, default=str))
@@ -319,6 +326,8 @@ def render_markdown(doc: dict) -> str:
     if env.get("quick"):
         lines.append("**Quick smoke run: small shapes, few repeats; not a measurement.**")
     lines.append("")
+    for title, body in doc.get("sections", {}).items():
+        lines += [f"## {title}", "", *body, ""]
     groups: dict[tuple, list[dict]] = {}
     for r in doc["rows"]:
         groups.setdefault((_cfg(r["config"]), r["mode"]), []).append(r)

@@ -1,8 +1,9 @@
 """Which implementation runs an op: ``"auto" | "triton" | "cuda" | "cpu" | "torch"``.
 
-* ``auto`` (default): CUDA tensors -> Triton (CUDA C++ if Triton is missing), CPU tensors ->
-  the C++ extension ``pyaeplus._C``; the pure-PyTorch ``reference`` only when the needed
-  compiled code is missing, with one warning.
+* ``auto`` (default): CUDA tensors -> the backend that :data:`AUTO_CUDA` names for the op
+  (Triton for every op today; the other of Triton / CUDA C++ when that one is missing), CPU
+  tensors -> the C++ extension ``pyaeplus._C``; the pure-PyTorch ``reference`` only when the
+  needed compiled code is missing, with one warning.
 * ``triton`` / ``cuda``: CUDA tensors only, through the Triton or the CUDA C++ kernels.
 * ``cpu``: CPU tensors only, through ``pyaeplus._C``.
 * ``torch``: the reference implementation (``pyaeplus.reference``) on any device.
@@ -29,6 +30,14 @@ from . import _ext
 BACKENDS = ("auto", "triton", "cuda", "cpu", "torch")
 
 _ENV = "PYAEPLUS_BACKEND"
+
+# Which implementation ``auto`` runs CUDA tensors on, per op family: the entry whose key is the
+# longest prefix of the op's name (the name the op passes to ``ops._dispatch.run``: "ssim_stats",
+# "ssim_stats_backward", "topk_dense", ...); ops no key matches get AUTO_CUDA_DEFAULT. Values are
+# "triton" or "cuda". Change an entry only on a measurement: benchmarks/gpu_headline.py prints the
+# faster backend per op on the GPU it ran on (its "routing" section) and the line to put here.
+AUTO_CUDA_DEFAULT = "triton"
+AUTO_CUDA: dict[str, str] = {"ssim": "triton", "topk": "triton", "sparse_decode": "triton", "laplacian": "triton"}
 
 
 def _check_name(name: str) -> str:
@@ -89,18 +98,31 @@ def _warn_once(key: str, msg: str) -> None:
         warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
 
-def resolve(device_type: str) -> str:
+def auto_cuda_choice(op: str | None) -> str:
+    """The backend ``auto`` prefers for CUDA tensors of ``op`` (see :data:`AUTO_CUDA`)."""
+    keys = [k for k in AUTO_CUDA if op is not None and op.startswith(k)]
+    choice = AUTO_CUDA[max(keys, key=len)] if keys else AUTO_CUDA_DEFAULT
+    if choice not in ("triton", "cuda"):
+        raise ValueError(f"pyaeplus.backends.AUTO_CUDA: the entry for {op!r} must be 'triton' or 'cuda', "
+                         f"got {choice!r}")
+    return choice
+
+
+def resolve(device_type: str, op: str | None = None) -> str:
     """The concrete implementation ("triton", "cuda", "cpu" or "torch") for tensors on
-    ``device_type`` under the backend in force. Raises RuntimeError when it cannot run."""
+    ``device_type`` under the backend in force; ``op`` (the op's dispatch name) picks the
+    preferred CUDA backend of ``auto`` from :data:`AUTO_CUDA`. Raises RuntimeError when it
+    cannot run."""
     name = get()
     if name == "torch":
         return "torch"
     if device_type == "cuda":
         if name == "auto":
-            if _ext.triton_available():
-                return "triton"
-            if _ext.cuda_ext() is not None:
-                return "cuda"
+            have = {"triton": _ext.triton_available, "cuda": lambda: _ext.cuda_ext() is not None}
+            first = auto_cuda_choice(op)
+            for impl in (first, "cuda" if first == "triton" else "triton"):
+                if have[impl]():  # the preferred one, else the other (lazy: no needless import)
+                    return impl
             _warn_once("cuda", "pyaeplus: neither triton nor the CUDA extension is available; "
                        "using the pure-PyTorch reference implementation on CUDA tensors")
             return "torch"

@@ -20,7 +20,7 @@ T = TypeVar("T")
 def run(op: str, device: torch.device, *, triton: Callable[[], T] | None = None,
         cuda: Callable[[], T] | None = None, cpu: Callable[[], T] | None = None,
         torch_: Callable[[], T] | None = None) -> T:
-    impl = backends.resolve(device.type)
+    impl = backends.resolve(device.type, op)
     fn = {"triton": triton, "cuda": cuda, "cpu": cpu, "torch": torch_}[impl]
     if fn is None:
         raise RuntimeError(f"pyaeplus::{op} has no {impl!r} implementation")
