@@ -7,9 +7,10 @@ the paper's k schedule (k starts at 100 and decreases linearly to its target ove
 training, so that no unit dies early). Its features, encoded with ``alpha·k`` active units as in
 the paper (alpha = 3), are classified by a multinomial logistic regression fitted on the 60,000
 training images and tested on the 10,000 test images (no fine-tuning): the paper's "unsupervised
-features + logistic regression" error. The same probe on raw pixels is the baseline. Then the same model is trained one class at a time
-(one digit as the normal class) and the test split is scored by reconstruction error
-(``pyaeplus.scoring.score(score="mse")``) with the other nine digits as anomalies (AUROC).
+features + logistic regression" error. The same probe on raw pixels is the baseline. Then the same
+model is trained one class at a time (one digit as the normal class) and the test split is scored by
+reconstruction error (``pyaeplus.scoring.score(score="mse")``) with the other nine digits as
+anomalies (AUROC).
 
     python examples/topk_sparse_ae_mnist.py --data ../shared/data            # full run
     python examples/topk_sparse_ae_mnist.py --data ../shared/data --quick    # CI version (< 60 s)
