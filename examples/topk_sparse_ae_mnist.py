@@ -176,6 +176,8 @@ def main(argv=None) -> dict:
     p.add_argument("--raw-c", default="0.01,0.1,1",
                    help="C grid of the raw-pixel probe (larger C only overfits raw pixels and slows L-BFGS)")
     p.add_argument("--epochs", type=int, default=None, help="override the schedule's epochs per k")
+    p.add_argument("--ks", default=None, help="override the schedule's k values (comma-separated)")
+    p.add_argument("--digits", default=None, help="override the schedule's one-class digits (comma-separated)")
     args = p.parse_args(argv)
     device = _common.setup(args)
     t0 = time.time()
@@ -183,6 +185,9 @@ def main(argv=None) -> dict:
     sc = dict(SCHEDULES[sched_name])
     if args.epochs is not None:
         sc["epochs"] = args.epochs
+    for key in ("ks", "digits"):  # a reduced run, e.g. --ks 25 --digits 0 to check one number
+        if getattr(args, key) is not None:
+            sc[key] = [int(v) for v in getattr(args, key).split(",")]
     out = _common.out_dir(args)
     tag = "-quick" if args.quick else ""
 
