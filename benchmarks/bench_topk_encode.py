@@ -23,6 +23,8 @@ dense-encoder step.
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 import torch.nn.functional as F
 
@@ -124,20 +126,23 @@ def encoder_rows(r: harness.Runner, backend: str, B: int, N: int, D: int, k: int
 
 def main() -> None:
     r = harness.Runner("topk_encode", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--optimizers", default="adam(fused),adam", help="optimizer rows of the step, comma-separated")
+    ap.add_argument("--no-encoder", action="store_true", help="skip the encoder-alone rows")
+    own = ap.parse_args(r.extra)
     backend = _backend(r.device)
     if backend is None:
         r.skip("pyaeplus", f"no pyaeplus backend can run on {r.device}: {backends.available()}")
         r.finish()
         return
-    if r.quick:
-        shape, optimizers = (128, 96, 2048, 16), ["adam(fused)"]
-    else:
-        shape, optimizers = (2048, 768, 16384, 32), ["adam(fused)", "adam"]
+    shape = (128, 96, 2048, 16) if r.quick else (2048, 768, 16384, 32)
+    optimizers = own.optimizers.split(",")
     if r.args.repeats is None and not r.quick:
         r.repeats = 9  # a CPU step is seconds long; 9 interleaved rounds per config
     for opt in optimizers:
         step_rows(r, backend, *shape, torch.float32, opt)
-    encoder_rows(r, backend, *shape, torch.float32)
+    if not own.no_encoder:
+        encoder_rows(r, backend, *shape, torch.float32)
     r.finish()
 
 
