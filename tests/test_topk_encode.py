@@ -85,15 +85,15 @@ def check_parity(backend, B, N, D, k, dtype, device="cpu", relu=True, bias=True)
     assert (gw[unused] == 0).all()                           # latents nobody selects: exactly zero
 
 
-SHAPES = [(1, 1, 1, 1), (3, 7, 5, 5), (37, 23, 301, 7), (257, 33, 1000, 1), (5, 19, 4099, 64), (64, 48, 2049, 2049)]
+SHAPES = [(1, 1, 1, 1), (3, 7, 5, 5), (37, 23, 301, 7), (257, 33, 1000, 1), (5, 19, 4099, 64), (33, 48, 1025, 1025)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("B,N,D,k", SHAPES)
 def test_parity_with_linear_topk(B, N, D, k, dtype):
     for backend in cpu_backends():
-        if backend == "torch" and dtype == torch.float16 and B * D > 10 ** 5:
-            continue  # the reference's fp16 CPU matmul is slow; the kernels are covered
+        if backend == "torch" and B * D > 10 ** 5:
+            continue  # the reference backend on the small shapes is enough (its fp16 CPU matmul is slow)
         check_parity(backend, B, N, D, k, dtype, relu=k % 2 == 1)
 
 
