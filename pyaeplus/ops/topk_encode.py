@@ -10,7 +10,7 @@ Forward (x (B, N), weight (D, N) as in ``nn.Linear``, bias (D,) or None):
 
 On every backend the forward is ``torch.addmm`` (BLAS / cuBLAS) followed by the top-k op of the
 same backend (``pyaeplus::topk_sparse``); per-row top-k runs it on row chunks, so the (B, D)
-pre-activation only ever exists one chunk (``_chunk_elements``) at a time. BatchTopK needs the
+pre-activation only ever exists one chunk (``_CHUNK_ELEMENTS``) at a time. BatchTopK needs the
 whole batch for its global threshold.
 
 Backward (custom ops too), on the selected entries in CSR form by batch row (``crow`` (B+1,),
