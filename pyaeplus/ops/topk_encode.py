@@ -39,11 +39,11 @@ from .topk import topk_sparse
 
 Tensor = torch.Tensor
 
-# Pre-activation elements per forward chunk (bounds the forward's temporary memory): 16 Mi (64 MiB
-# fp32, e.g. 1024 rows of 16384 latents) on the CPU, 256 Mi on CUDA. Chunks small enough to stay in
-# the last-level cache between the matmul and the top-k (256 rows) measured no faster on the 2-core
-# CPU: the matmul dominates, and it is most efficient on tall chunks.
-_CHUNK_ELEMENTS = {"cpu": 1 << 24, "cuda": 1 << 28}
+# Pre-activation elements per forward chunk (bounds the forward's temporary memory): 4 Mi (16 MiB
+# fp32, e.g. 256 rows of 16384 latents) on the CPU, where one reused chunk buffer stays in the
+# last-level cache and, below glibc's 32 MiB mmap threshold, on the heap from step to step (no page
+# faults); 256 Mi on CUDA.
+_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 28}
 
 
 def _triton():
@@ -79,9 +79,11 @@ def _check_bwd(grad: Tensor, crow: Tensor, cols: Tensor, other: Tensor) -> None:
 
 # ---- forward ------------------------------------------------------------------------------
 
-def _pre(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+def _pre(x: Tensor, weight: Tensor, bias: Optional[Tensor], out: Optional[Tensor] = None) -> Tensor:
     with torch.autocast(x.device.type, enabled=False):
-        return torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
+        if bias is None:
+            return torch.mm(x, weight.t(), out=out)
+        return torch.addmm(bias, x, weight.t(), out=out)
 
 
 def _chunk_rows(x: Tensor, D: int) -> int:
@@ -96,8 +98,13 @@ def _forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], k: int, relu: bo
         return topk_sparse(_pre(x, weight, bias), k, relu)
     values = torch.empty((B, k), dtype=x.dtype, device=x.device)
     indices = torch.empty((B, k), dtype=torch.int64, device=x.device)
+    # One buffer for every chunk: its pages are touched once (a fresh large tensor per chunk pays
+    # the page faults again) and, on the CPU, it stays in the last-level cache between the matmul
+    # and the top-k.
+    buf = torch.empty((rows, weight.shape[0]), dtype=x.dtype, device=x.device)
     for r0 in range(0, B, rows):
-        v, i = topk_sparse(_pre(x[r0:r0 + rows], weight, bias), k, relu)
+        xc = x[r0:r0 + rows]
+        v, i = topk_sparse(_pre(xc, weight, bias, out=buf[:xc.shape[0]]), k, relu)
         values[r0:r0 + rows] = v
         indices[r0:r0 + rows] = i
     return values, indices
