@@ -75,7 +75,8 @@ def test_wrappers_forward_the_hooks():
 
 
 def test_tied_weight_stays_tied_and_unit_norm():
-    m = M.SparseAE(144, 24, k=4, tied=True)
+    assert M.SparseAE(144, 24, k=4, tied=True).unit_norm is False           # off by default when tied
+    m = M.SparseAE(144, 24, k=4, tied=True, unit_norm=True)
     m.loss(_data())["loss"].backward()
     m.on_before_optimizer_step()
     torch.optim.SGD(m.parameters(), lr=1.0).step()

@@ -37,8 +37,10 @@ class SparseAE(AutoEncoder):
       :class:`pyaeplus.nn.TopKEncoder` (``pyaeplus.topk_encode``: Linear + top-k whose backward
       touches only the k selected latents), laid out as the ``nn.Linear`` it replaces
       (``encoder.weight`` (latent, F), ``encoder.bias``), so older checkpoints load unchanged.
-      **Unit-norm decoder** (``unit_norm``, on by default for top-k, as in OpenAI's
-      sparse_autoencoder and EleutherAI's sparsify): before each optimizer step the gradient
+      **Unit-norm decoder** (``unit_norm``, on by default for untied top-k, as in OpenAI's
+      sparse_autoencoder and EleutherAI's sparsify; off by default with ``tied=True``, where the one
+      matrix is the encoder too and the constraint cost the MNIST example a point of probe error):
+      before each optimizer step the gradient
       component parallel to each decoder row is removed, after it the rows are renormalized
       (``on_before_optimizer_step`` / ``on_after_optimizer_step``, which ``pyaeplus.train.fit``
       calls; a hand-written loop calls them around ``optimizer.step()``). **BatchTopK**
@@ -64,7 +66,7 @@ class SparseAE(AutoEncoder):
         dead_steps: top-k: training steps without firing after which a latent counts as dead.
         tied: top-k: share one (latent, F) weight between the encoder and the decoder rows.
         unit_norm: top-k: keep the decoder rows at unit norm with the parallel gradient removed
-            (default: on for top-k).
+            (default: on for untied top-k, off for ``tied=True``).
         batch_topk: top-k: BatchTopK training and a learned inference threshold (no ``k_eval`` /
             ``alpha`` then).
         threshold_lr: BatchTopK: the rate of the threshold's moving average.
@@ -110,7 +112,7 @@ class SparseAE(AutoEncoder):
         if not 0 < self.rho < 1:
             raise ValueError(f"rho must be in (0, 1), got {rho}")
         self.beta = _validate.number("beta", beta, nonnegative=True)
-        unit_norm = sparsity == "topk" if unit_norm is None else unit_norm
+        unit_norm = sparsity == "topk" and tied is False if unit_norm is None else unit_norm
         for name, flag in (("tied", tied), ("unit_norm", unit_norm), ("batch_topk", batch_topk)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
