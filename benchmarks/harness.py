@@ -149,7 +149,11 @@ def _time(fn: Callable[[], Any] | BackwardOnly, device: str, *, warmup: int, rep
             t0 = time.perf_counter()
             call()
             times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
+    return _stats(times)
+
+
+def _stats(times: list[float]) -> dict:
+    times = sorted(times)
     q = lambda p: times[min(len(times) - 1, max(0, int(round(p * (len(times) - 1)))))]  # noqa: E731
     return {"median_ms": statistics.median(times), "p20_ms": q(0.2), "p80_ms": q(0.8), "n": len(times)}
 
@@ -268,6 +272,38 @@ class Runner:
               flush=True)
         gc.collect()
         return row
+
+    def add_interleaved(self, config: dict, mode: str, fns: dict[str, tuple[Callable[[], Any], bool]], *,
+                        repeats: int | None = None, warmup: int | None = None) -> list[dict]:
+        """Time the providers of one config in alternation: round r calls each once (the order
+        rotated every round), so that the drift of a shared machine hits them alike; then one
+        peak-memory run each. ``fns``: provider -> (fn, is_anchor). Rows as ``add`` makes them."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        fns = {p: v for p, v in fns.items() if self.wants(p)}
+        names = list(fns)
+        for _ in range(self.warmup if warmup is None else warmup):
+            for p in names:
+                fns[p][0]()
+        times: dict[str, list[float]] = {p: [] for p in names}
+        for rnd in range(repeats or self.repeats):
+            for p in names[rnd % len(names):] + names[:rnd % len(names)]:
+                _sync(self.device)
+                t0 = time.perf_counter()
+                fns[p][0]()
+                _sync(self.device)
+                times[p].append((time.perf_counter() - t0) * 1e3)
+        rows = []
+        for p in names:
+            fn, anchor = fns[p]
+            mem = None if self.args.no_memory else peak_memory_bytes(fn, self.device)
+            row = {"provider": p, "config": config, "mode": mode, "anchor": anchor, **_stats(times[p]),
+                   "peak_mem_bytes": mem, "bytes_moved": None, "note": "interleaved"}
+            self.rows.append(row)
+            rows.append(row)
+            print(f"[{self.name}] {mode:8s} {p:34s} {_cfg(config):40s} {row['median_ms']:10.3f} ms", flush=True)
+            gc.collect()
+        return rows
 
     # -- output ------------------------------------------------------------------------------
     def _ratios(self) -> None:

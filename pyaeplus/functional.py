@@ -20,6 +20,7 @@ from .ops import laplacian as _ops_lap
 from .ops import sparse_decode as _ops_sparse_decode  # noqa: F401
 from .ops import ssim as _ssim_ops
 from .ops import topk as _topk_ops  # noqa: F401
+from .ops import topk_encode as _topk_encode_ops  # noqa: F401
 from .reference import ssim as _ssim_ref
 
 __all__: list[str] = []
@@ -56,6 +57,21 @@ def _topk_eval_k(k: int, D: int, k_eval, alpha) -> int:
     if alpha is not None:
         return min(D, max(1, int(round(alpha * k))))
     return k
+
+
+def _topk_k(k, D: int, *, relu, training, batch, sparse_format, k_eval, alpha) -> int:
+    """Check the options shared by the top-k functions; the k to use (``k_eval``/``alpha`` rule
+    when not training)."""
+    k = _v.integer("k", k, lo=1, hi=D)
+    for name, flag in (("relu", relu), ("training", training), ("batch", batch)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
+    _v.choice("sparse_format", sparse_format, ("coo", "csr"))
+    if alpha is not None:
+        alpha = _v.number("alpha", alpha, positive=True)
+    if k_eval is not None:
+        _v.integer("k_eval", k_eval, lo=1, hi=D)
+    return k if training else _topk_eval_k(k, D, k_eval, alpha)
 
 
 def topk_activation(x: _torch.Tensor, k: int, *, relu: bool = False, output: str = "dense", k_eval=None,
@@ -107,19 +123,10 @@ def topk_activation(x: _torch.Tensor, k: int, *, relu: bool = False, output: str
     if x.device.type not in ("cpu", "cuda"):
         raise ValueError(f"x must be on a cpu or cuda device, got {x.device}")
     D = x.shape[-1]
-    k = _v.integer("k", k, lo=1, hi=D)
-    for name, flag in (("relu", relu), ("training", training), ("batch", batch)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
     _v.choice("output", output, ("dense", "sparse"))
-    _v.choice("sparse_format", sparse_format, ("coo", "csr"))
-    if alpha is not None:
-        alpha = _v.number("alpha", alpha, positive=True)
-    if k_eval is not None:
-        _v.integer("k_eval", k_eval, lo=1, hi=D)
+    k = _topk_k(k, D, relu=relu, training=training, batch=batch, sparse_format=sparse_format, k_eval=k_eval,
+                alpha=alpha)
     _v.finite("x", x)
-    if not training:
-        k = _topk_eval_k(k, D, k_eval, alpha)
 
     x2 = x.reshape(-1, D)
     B = x2.shape[0]
@@ -149,6 +156,105 @@ def topk_activation(x: _torch.Tensor, k: int, *, relu: bool = False, output: str
 
 
 __all__ += ["topk_activation", "TopKResult", "BatchTopKCOO", "BatchTopKCSR"]
+
+# ---- fused top-k encoder (Linear + top-k) -------------------------------------------------
+
+_AUTOCAST_ELIGIBLE = (_torch.float32, _torch.float16, _torch.bfloat16)
+
+
+def _autocast_inputs(device_type: str, *tensors):
+    """Under ``torch.autocast`` for ``device_type``: the tensors in the autocast dtype (float64 and
+    None left alone), as autocast hands them to ``F.linear``; otherwise unchanged."""
+    if not _torch.is_autocast_enabled(device_type):
+        return tensors
+    dt = _torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dt) if t is not None and t.dtype in _AUTOCAST_ELIGIBLE else t for t in tensors)
+
+
+def topk_encode(x: _torch.Tensor, weight: _torch.Tensor, bias: _Optional[_torch.Tensor], k: int, *,
+                relu: bool = True, batch: bool = False, sparse_format: str = "coo", k_eval=None, alpha=None,
+                training: bool = True):
+    """Fused top-k encoder: ``topk(x @ weight.T + bias)`` with a backward that touches only the
+    selected latents.
+
+    The same result as ``topk_activation(F.linear(x, weight, bias), k, relu=relu, output="sparse")``
+    (same selection order and tie-break, see :func:`topk_activation`), but the gradient is taken
+    from the k selected entries of each row only: ``grad_x = G_sparse @ weight`` and the rows of
+    ``grad_weight`` / ``grad_bias`` of the selected latents, B·k·N multiply-adds instead of the
+    2·B·D·N of a dense ``Linear`` backward. ``grad_weight`` is deterministic on every backend (a
+    reverse index by latent summed in a fixed order, no floating-point atomics); latents no row
+    selects get exactly zero. The forward is the BLAS/cuBLAS matmul followed by the top-k kernel,
+    on row chunks, so the (B, D) pre-activation exists one chunk at a time (BatchTopK excepted).
+
+    Mixed precision: under ``torch.autocast`` the inputs are cast to the autocast dtype as
+    ``F.linear`` does (an fp32 ``weight`` parameter with bf16/fp16 activations computes in the
+    autocast dtype with fp32 accumulation; its gradient flows back to the fp32 parameter).
+
+    Args:
+        x: (*, N) floating tensor (float32, float64, float16, bfloat16); leading dimensions are
+            flattened to B rows and restored in the per-row output.
+        weight: (D, N) encoder matrix in ``nn.Linear(N, D)``'s layout (row i: latent i), same
+            dtype and device as ``x`` (after autocast).
+        bias: (D,) or None.
+        k: latents kept per row in training, an int in [1, D].
+        relu: apply ReLU to the kept values (the gradient is zero where a kept value is <= 0).
+        batch: BatchTopK: keep the top ``k * B`` entries of the whole batch instead of k per row
+            (rows get a variable number of entries).
+        sparse_format: ``"coo"`` or ``"csr"``, the output form of ``batch=True``.
+        k_eval, alpha, training: the inference rule of :func:`topk_activation` (``training=False``
+            keeps ``k_eval`` or ``round(alpha * k)`` latents).
+
+    Returns:
+        Per row: ``TopKResult(values (*, k), indices (*, k) int64)``, values descending.
+        ``batch=True``, entries sorted by (row, column), ``nnz = k * B``, rows counted in the
+        flattened batch: ``BatchTopKCOO(values (nnz,), rows (nnz,), cols (nnz,))`` or
+        ``BatchTopKCSR(values (nnz,), crow (B + 1,), cols (nnz,))``. Entries that ReLU set to 0
+        are kept (as in :func:`topk_activation`).
+
+    Raises:
+        TypeError: a tensor argument is not a tensor or has the wrong dtype, ``k``/``k_eval`` not
+            an int, a flag not a bool.
+        ValueError: shapes disagree, devices differ, an input is empty, ``k``/``k_eval`` outside
+            [1, D], ``alpha <= 0``, an unknown ``sparse_format``, or (CPU tensors, with
+            ``pyaeplus.config.check_finite``) NaN/Inf in an input. CUDA inputs get no value check,
+            so that a training step never synchronises with the device here.
+    """
+    _v.tensor("x", x, min_ndim=1)
+    weight = _v.tensor("weight", weight, ndim=2)
+    if bias is not None:
+        _v.tensor("bias", bias, ndim=1)
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"x must be on a cpu or cuda device, got {x.device}")
+    _v.same_device(x=x, weight=weight, bias=bias)
+    x, weight, bias = _autocast_inputs(x.device.type, x, weight, bias)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
+    D, N = weight.shape
+    if N != x.shape[-1]:
+        raise ValueError(f"weight must have shape (D, {x.shape[-1]}) (nn.Linear's layout, one row per latent) "
+                         f"for x of shape {tuple(x.shape)}, got {tuple(weight.shape)}")
+    if bias is not None and bias.shape[0] != D:
+        raise ValueError(f"bias must have shape ({D},) to match weight {tuple(weight.shape)}, got {tuple(bias.shape)}")
+    k = _topk_k(k, D, relu=relu, training=training, batch=batch, sparse_format=sparse_format, k_eval=k_eval,
+                alpha=alpha)
+    if x.device.type == "cpu":  # value checks where they cost no device sync
+        for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+            if t is not None:
+                _v.finite(name, t)
+    x2 = x.reshape(-1, N)
+    if not batch:
+        vals, idx = _torch.ops.pyaeplus.topk_encode(x2, weight, bias, k, relu)
+        lead = tuple(x.shape[:-1])
+        return TopKResult(vals.reshape(lead + (k,)), idx.reshape(lead + (k,)))
+    vals, rows, cols = _torch.ops.pyaeplus.batch_topk_encode(x2, weight, bias, k, relu)
+    if sparse_format == "coo":
+        return BatchTopKCOO(vals, rows, cols)
+    bounds = _torch.arange(x2.shape[0] + 1, device=x.device, dtype=_torch.int64)
+    return BatchTopKCSR(vals, _torch.searchsorted(rows, bounds), cols)
+
+
+__all__ += ["topk_encode"]
 
 # ---- sparse decoder ---------------------------------------------------------------------
 

@@ -115,6 +115,67 @@ class SparseDecoder(_torch.nn.Module):
         return f"num_latents={self.num_latents}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+# ---- fused top-k encoder ------------------------------------------------------------------
+
+
+__all__ += ["TopKEncoder"]
+
+
+class TopKEncoder(_torch.nn.Module):
+    """``nn.Linear(in_features, num_latents)`` followed by top-k, fused: ``pyaeplus.topk_encode``.
+
+    A drop-in for ``nn.Linear`` + :class:`TopK` (``output="sparse"``): ``weight`` (num_latents,
+    in_features) and ``bias`` (num_latents,) are laid out, named and initialized exactly as
+    ``nn.Linear``'s (same RNG draws), so state dicts transfer both ways; the backward touches only
+    the selected latents. In eval mode ``k_eval`` if given, else ``round(alpha * k)`` if ``alpha``
+    is given, else ``k`` latents are kept per row.
+
+    Args:
+        in_features: N, the input width.
+        num_latents: D, the number of latents.
+        k: latents kept per row in training (an int in [1, D]); may be changed between steps.
+        bias: learn an additive (num_latents,) bias.
+        relu: apply ReLU to the kept values.
+        k_eval, alpha: the inference rule (see :func:`pyaeplus.topk_activation`).
+        batch: BatchTopK (the top ``k * B`` entries of the batch; the output is then COO or CSR).
+        sparse_format: ``"coo"`` or ``"csr"`` for ``batch=True``.
+
+    Shape:
+        (*, in_features) -> ``TopKResult(values (*, k'), indices (*, k'))``; with ``batch=True``
+        ``BatchTopKCOO`` / ``BatchTopKCSR`` over the flattened rows.
+    """
+
+    def __init__(self, in_features: int, num_latents: int, k: int, *, bias: bool = True, relu: bool = True,
+                 k_eval=None, alpha=None, batch: bool = False, sparse_format: str = "coo", device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.num_latents = int(in_features), int(num_latents)
+        if self.in_features < 1 or self.num_latents < 1:
+            raise ValueError(f"in_features and num_latents must be >= 1, got {in_features}, {num_latents}")
+        self.k, self.relu, self.k_eval, self.alpha = k, relu, k_eval, alpha
+        self.batch, self.sparse_format = batch, sparse_format
+        kw = {"device": device, "dtype": dtype}
+        self.weight = _torch.nn.Parameter(_torch.empty(self.num_latents, self.in_features, **kw))
+        if bias:
+            self.bias = _torch.nn.Parameter(_torch.empty(self.num_latents, **kw))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    # nn.Linear's initialization, draw for draw (kaiming_uniform(a=sqrt(5)), bias U(±1/sqrt(fan_in)))
+    reset_parameters = _torch.nn.Linear.reset_parameters
+
+    def forward(self, x: _torch.Tensor):
+        return _F.topk_encode(x, self.weight, self.bias, self.k, relu=self.relu, batch=self.batch,
+                              sparse_format=self.sparse_format, k_eval=self.k_eval, alpha=self.alpha,
+                              training=self.training)
+
+    def extra_repr(self) -> str:
+        s = f"in_features={self.in_features}, num_latents={self.num_latents}, k={self.k}, bias={self.bias is not None}"
+        s += f", relu={self.relu}" + ("" if self.k_eval is None else f", k_eval={self.k_eval}")
+        s += "" if self.alpha is None else f", alpha={self.alpha}"
+        return s + (f", batch=True, sparse_format={self.sparse_format!r}" if self.batch else "")
+
+
 # ---- SSIM / MS-SSIM ---------------------------------------------------------------------
 
 

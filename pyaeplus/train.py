@@ -405,6 +405,8 @@ def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimize
 
     last_ckpt = ckpt.latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     stopped_early = False
+    # optional model hooks around the optimizer step (SparseAE's unit-norm decoder rows)
+    before_step, after_step = (getattr(model, h, None) for h in ("on_before_optimizer_step", "on_after_optimizer_step"))
     for epoch in range(start_epoch, epochs):
         model.train()
         batches = _shard(_global_batches(len(train_ds), batch_size, seed, epoch, shuffle, drop_last, batch_sampler),
@@ -428,16 +430,23 @@ def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimize
             scaled = total.float() * (world * n_local / n_global) if world > 1 else total.float()
             if scaler is not None:
                 scaler.scale(scaled).backward()
-                if grad_clip is not None:
+                if grad_clip is not None or before_step is not None:
                     scaler.unscale_(opt)
+                if before_step is not None:
+                    before_step()
+                if grad_clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 scaler.step(opt)
                 scaler.update()
             else:
                 scaled.backward()
+                if before_step is not None:
+                    before_step()
                 if grad_clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 opt.step()
+            if after_step is not None:
+                after_step()
             opt.zero_grad(set_to_none=True)
             step += 1
             vals = {k: float(v.detach().float().mean()) for k, v in terms.items() if isinstance(v, torch.Tensor)}

@@ -55,6 +55,16 @@ def data_root() -> pathlib.Path:
     return DATA_ROOT
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models: faster than two, and far faster when the
+    machine is shared (OpenMP threads spin-waiting on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -529,7 +529,8 @@ def test_sparse_topk_matches_plain_torch_and_uses_alpha_at_eval():
     with torch.no_grad():
         m.decoder.bias.normal_()
         m.encoder.bias.normal_()
-    pre = m.encoder(x.reshape(9, 144) - m.decoder.bias)
+    pre = torch.nn.functional.linear(x.reshape(9, 144) - m.decoder.bias, m.encoder.weight, m.encoder.bias)
+    torch.testing.assert_close(m.pre_activation(x), pre)
     for training, k in ((True, 5), (False, 10)):
         m.train(training)
         v, i = torch.topk(pre, k, dim=1)

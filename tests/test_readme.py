@@ -27,7 +27,7 @@ def test_quick_tour_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md:tour", "exec"), ns)
     assert float(ns["s"].detach()) > 0.5 and ns["per_image"].shape == (8,)
     assert ns["amap"].shape == (8, 3, 256, 256)
-    assert ns["out"].shape == (1024, 768)
+    assert ns["out"].shape == (1024, 768) and ns["vals"].shape == ns["idx"].shape == (1024, 32)
     assert (ns["dense"] != 0).sum(-1).max() <= 32
     assert ns["sub"].num_nodes == len(next(iter(ns["sampler"])))
 

@@ -50,6 +50,19 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { retu
 template <typename T> struct cuda_acc { using type = float; };
 template <> struct cuda_acc<double> { using type = double; };
 
+// p[i] loaded in the accumulation type A / v stored to p[i] from it (exact for double).
+template <typename A, typename T>
+__device__ __forceinline__ A load_acc(const T* p, int64_t i) {
+  return static_cast<A>(to_f32(p[i]));
+}
+template <>
+__device__ __forceinline__ double load_acc<double, double>(const double* p, int64_t i) { return p[i]; }
+
+template <typename T, typename A>
+__device__ __forceinline__ void store_acc(T* p, int64_t i, A v) { p[i] = from_f32<T>(static_cast<float>(v)); }
+template <>
+__device__ __forceinline__ void store_acc<double, double>(double* p, int64_t i, double v) { p[i] = v; }
+
 #define PYAEPLUS_CUDA_DISPATCH_FLOATING(code, NAME, ...)                                  \
   [&] {                                                                                   \
     switch (code) {                                                                       \

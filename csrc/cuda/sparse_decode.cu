@@ -19,19 +19,6 @@ namespace {
 constexpr int kThreads = 128;  // columns per block in forward / grad_weight
 constexpr int kWarps = 8;      // warps per block in grad_values
 
-// Loads in the accumulation type (exact for double).
-template <typename A, typename T>
-__device__ __forceinline__ A load_acc(const T* p, int64_t i) {
-  return static_cast<A>(to_f32(p[i]));
-}
-template <>
-__device__ __forceinline__ double load_acc<double, double>(const double* p, int64_t i) { return p[i]; }
-
-template <typename T, typename A>
-__device__ __forceinline__ void store_acc(T* p, int64_t i, A v) { p[i] = from_f32<T>(static_cast<float>(v)); }
-template <>
-__device__ __forceinline__ void store_acc<double, double>(double* p, int64_t i, double v) { p[i] = v; }
-
 // values, indices: [B, K]; weight: [D, N]; bias: [N] or null; out: [B, N].
 // grid (B, ceil(N / kThreads)); one thread per output column; the row's (index, value) pairs
 // are staged through shared memory kThreads at a time.

@@ -263,6 +263,20 @@ class AutoEncoder(nn.Module):
         recon = err.mean()
         return {"loss": recon, "recon": recon.detach()}, z
 
+    # ---- training-loop hooks (pyaeplus.train.fit calls them every step) ---------------------
+    def on_before_optimizer_step(self) -> None:
+        """After backward (gradients unscaled), before gradient clipping and the optimizer step.
+        By default: the same hook of every wrapped model of the zoo."""
+        for m in self.children():
+            if isinstance(m, AutoEncoder):
+                m.on_before_optimizer_step()
+
+    def on_after_optimizer_step(self) -> None:
+        """Right after the optimizer step. By default: the same hook of every wrapped model."""
+        for m in self.children():
+            if isinstance(m, AutoEncoder):
+                m.on_after_optimizer_step()
+
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly score per sample (B,), higher = more anomalous: the reconstruction error
@@ -273,7 +287,13 @@ class AutoEncoder(nn.Module):
 
 def dense_latent(model: nn.Module, z) -> torch.Tensor:
     """Latents as a (B, d) matrix: flattened, or for top-k codes ``(values, indices)`` scattered
-    into (B, model.latent) with the gradient kept on the values."""
+    into (B, model.latent) with the gradient kept on the values; BatchTopK codes in CSR form
+    ``(values, crow, cols)`` likewise."""
+    if isinstance(z, (tuple, list)) and len(z) == 3:
+        v, crow, cols = z
+        B = crow.shape[0] - 1
+        rows = torch.repeat_interleave(torch.arange(B, device=v.device), crow.diff(), output_size=v.shape[0])
+        return torch.zeros(B, model.latent, dtype=v.dtype, device=v.device).index_put((rows, cols), v)
     if isinstance(z, (tuple, list)):
         v, i = z
         return torch.zeros(v.shape[0], model.latent, dtype=v.dtype, device=v.device).scatter(1, i, v)
