@@ -262,7 +262,8 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
             Deep SVDD / VAE models), or ``callable(model, x) -> (B,)``.
         batch_size: rows per forward pass.
         device: ``"auto"`` (CUDA when present) or a device.
-        amp: bfloat16 autocast on CUDA (ignored on CPU).
+        amp: True: bfloat16 autocast on CUDA (off on the CPU, where it is slower); ``"bf16"``: on any device;
+            False: off. The scores are float32 either way.
         num_workers: DataLoader worker processes reading batches (pinned memory on CUDA).
         out: optional ``.npy``/``.csv``/``.parquet`` path. Chunks land in ``<out>.parts/`` with a JSON
             ledger; the final file is written atomically at the end and the parts removed.
@@ -361,7 +362,9 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
     loader = torch.utils.data.DataLoader(_Batches(ds, starts, batch_size, hi), batch_size=None, shuffle=False,
                                          num_workers=num_workers, pin_memory=cuda,
                                          persistent_workers=False, prefetch_factor=4 if num_workers else None)
-    use_amp = bool(amp) and cuda
+    if amp not in (True, False, None, "bf16", "bfloat16"):
+        raise ValueError(f"amp must be True, False or 'bf16', got {amp!r}")
+    use_amp = amp in ("bf16", "bfloat16") or (bool(amp) and cuda)   # "bf16" forces it on the CPU too
     t0, rows = time.perf_counter(), 0
     it = iter(loader)
     ci = 0
