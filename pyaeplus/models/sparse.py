@@ -189,21 +189,22 @@ class SparseAE(AutoEncoder):
 
     def _auxk(self, pre: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """AuxK: normalized MSE of the residual's reconstruction by the top aux_k dead latents."""
-        dead = self.dead_latents()
-        n_dead = int(dead.sum())
-        if self.aux_k == 0 or n_dead == 0:
+        if self.aux_k == 0:
             return pre.new_zeros(())
         from .. import functional as pF
 
-        # live latents pushed below every dead one; the ReLU of the top-k op zeroes them if selected
+        dead = self.dead_latents()
+        # Always aux_k selections (a static shape: counting the dead latents would sync the
+        # device every step): live latents are pushed below every dead one and the ReLU of the
+        # top-k op zeroes them when fewer than aux_k are dead, so they add nothing.
         low = torch.finfo(pre.dtype).min
         masked = torch.where(dead, pre, torch.full_like(pre, low))
-        v, i = pF.topk_activation(masked, min(self.aux_k, n_dead), relu=True, output="sparse")
+        v, i = pF.topk_activation(masked, self.aux_k, relu=True, output="sparse")
         aux = self._sparse_decode(v, i, bias=False).float()                 # (B, F)
         residual = residual.float()
         num = (aux - residual).square().mean(1)
         den = residual.square().mean(1).clamp_min(torch.finfo(torch.float32).tiny)
-        return (num / den).mean()
+        return (num / den).mean() * dead.any()                              # 0 while none is dead
 
     def loss(self, batch) -> dict[str, torch.Tensor]:
         """Reconstruction plus the sparsity term of the chosen mode.
@@ -227,9 +228,10 @@ class SparseAE(AutoEncoder):
             terms = {"recon": recon.detach()}
             if self.training:
                 with torch.no_grad():
-                    fired = torch.zeros(self.latent, dtype=torch.bool, device=pre.device)
-                    fired[codes.indices[codes.values > 0]] = True
-                    self.steps_since_active.add_(1).masked_fill_(fired, 0)
+                    # counts by scatter (a boolean-mask index would sync the device)
+                    fired = torch.zeros(self.latent, dtype=torch.int32, device=pre.device).index_add_(
+                        0, codes.indices.reshape(-1), (codes.values > 0).reshape(-1).to(torch.int32))
+                    self.steps_since_active.add_(1).masked_fill_(fired > 0, 0)
                 residual = (self._flat(x) - self._flat(out)).detach()
                 aux = self._auxk(pre, residual)
             else:
