@@ -127,8 +127,26 @@ def sweep_rows(r: harness.Runner, main_s: int, sizes: list[int], N: int, C: int,
         r.add(f"pyaeplus[{b}]", cfg, "full", full_ours, repeats=reps)
 
 
+def finite_check_rows(r: harness.Runner) -> None:
+    """``--finite-check``: SSIM forward + backward with pyaeplus.config.check_finite off / "auto" / True."""
+    shapes = [(2, 3, 64, 64)] if r.quick else [(8, 3, 256, 256), (32, 1, 28, 28)]
+    for N, C, H, W in shapes:
+        torch.manual_seed(0)
+        y = torch.rand(N, C, H, W, device=r.device)
+        x = (y + 0.1 * torch.randn_like(y)).clamp(0, 1).requires_grad_(True)
+
+        def step():
+            x.grad = None
+            pyaeplus.ssim(x, y, data_range=1.0).backward()
+        r.add_finite_check({"N": N, "C": C, "H": H, "W": W, "dtype": "float32"}, step)
+
+
 def main() -> None:
     r = harness.Runner("ssim", description=__doc__.split("\n\n")[0])
+    if r.finite_check:
+        finite_check_rows(r)
+        r.finish()
+        return
     big = "--big" in r.extra
     libs = {}
     for name, mod in [("pytorch_msssim", "pytorch_msssim"), ("piq", "piq"), ("kornia", "kornia"),
