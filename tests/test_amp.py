@@ -34,12 +34,7 @@ FIT_RTOL = 5e-2
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(shape=(2, 3, 20, 23), seed=0):
@@ -341,3 +336,14 @@ def test_fit_under_cuda_autocast(name, loss, half):
     with torch.autocast("cuda", dtype=HALF[half]):
         s = model.score(X.cuda())
     assert s.dtype == torch.float32 and torch.isfinite(s).all()
+
+
+@pytest.mark.gpu
+def test_scoring_score_amp_true_on_cuda():
+    from pyaeplus import scoring
+
+    model = _build("conv", "ssim").cuda().eval()
+    for score in ("model", "ssim", "ms_ssim"):
+        full = scoring.score(model, X, score=score, batch_size=8, device="cuda", amp=False, progress=False)
+        half = scoring.score(model, X, score=score, batch_size=8, device="cuda", amp=True, progress=False)
+        assert (abs(half - full) <= 1e-3 + MODEL_RTOL * abs(full)).all(), score
