@@ -145,7 +145,8 @@ def finite_check_rows(r: harness.Runner) -> None:
 
 def volume_rows(r: harness.Runner, libs: dict) -> None:
     """``--volumes``: 3-D SSIM of (N, 1, D, H, W) volumes (the pure-PyTorch general path: one
-    grouped conv3d per axis for the five statistics) against pytorch_msssim's 5-D SSIM."""
+    grouped conv3d per axis for the five statistics) against pytorch_msssim's 5-D SSIM, timed in
+    interleaved rounds."""
     pm = libs["pytorch_msssim"]
     shapes = [(1, 1, 16, 32, 32)] if r.quick else [(2, 1, 64, 128, 128), (4, 1, 32, 64, 64)]
     for N, C, D, H, W in shapes:
@@ -153,20 +154,24 @@ def volume_rows(r: harness.Runner, libs: dict) -> None:
         torch.manual_seed(0)
         y = torch.rand(N, C, D, H, W, device=r.device)
         x = (y + 0.1 * torch.randn_like(y)).clamp(0, 1).requires_grad_(True)
-        providers = [("pytorch_msssim", lambda a, b: pm.ssim(a, b, data_range=1.0), True)] if pm else []
-        providers += [("pyaeplus", lambda a, b: pyaeplus.ssim(a, b, data_range=1.0), False),
-                      ("pyaeplus (reflect)", lambda a, b: pyaeplus.ssim(a, b, data_range=1.0, padding="reflect"),
-                       False)]
-        for name, fn, anchor in providers:
-            def fwd(fn=fn):
+        providers = {"pytorch_msssim": lambda a, b: pm.ssim(a, b, data_range=1.0)} if pm else {}
+        providers.update({"pyaeplus": lambda a, b: pyaeplus.ssim(a, b, data_range=1.0),
+                          "pyaeplus (reflect)": lambda a, b: pyaeplus.ssim(a, b, data_range=1.0, padding="reflect")})
+
+        def fwd(fn):
+            def run():
                 with torch.no_grad():
                     return fn(x, y)
+            return run
 
-            def full(fn=fn):
+        def full(fn):
+            def run():
                 x.grad = None
                 fn(x, y).backward()
-            r.add(name, cfg, "forward", fwd, anchor=anchor)
-            r.add(name, cfg, "full", full, anchor=anchor)
+            return run
+        # interleaved rounds: the providers share whatever load the machine has
+        r.add_interleaved(cfg, "forward", {k: fwd(f) for k, f in providers.items()}, memory=True)
+        r.add_interleaved(cfg, "full", {k: full(f) for k, f in providers.items()}, memory=True)
 
 
 def _libs(r: harness.Runner) -> dict:

@@ -299,16 +299,18 @@ class Runner:
         return row
 
     def add_interleaved(self, config: dict, mode: str, fns: dict[str, Callable[[], Any]], *,
-                        note: str | None = None) -> list[dict]:
+                        note: str | None = None, memory: bool = False) -> list[dict]:
         """Rows for variants of one op timed by :func:`interleaved`; the first is the anchor, and
-        each row's ``paired`` is its per-round time ratio to it (median over rounds)."""
+        each row's ``paired`` is its per-round time ratio to it (median over rounds). ``memory``:
+        also each variant's peak memory, in a separate run (unless ``--no-memory``)."""
         fns = {k: f for k, f in fns.items() if self.wants(k)}
         t = interleaved(fns, self.device, warmup=self.warmup, repeats=self.repeats,
                         min_time_s=0.05 if self.quick else 1.0)
         rows = []
         for i, (provider, st) in enumerate(t.items()):
+            mem = peak_memory_bytes(fns[provider], self.device) if memory and not self.args.no_memory else None
             row = {"provider": provider, "config": config, "mode": mode, "anchor": i == 0, **st,
-                   "peak_mem_bytes": None, "bytes_moved": None,
+                   "peak_mem_bytes": mem, "bytes_moved": None,
                    "note": (note or "interleaved") + f"; paired ratio {st['paired']:.3f}"}
             self.rows.append(row)
             rows.append(row)

@@ -114,7 +114,7 @@ def _finite_line(ops: dict[str, tuple[str, dict]]) -> str | None:
         if auto is None:
             continue
         c = doc["rows"][0]["config"]
-        shape = "x".join(str(c[k]) for k in ("N", "C", "H", "W") if k in c) or \
+        shape = "x".join(str(c[k]) for k in ("N", "C", "H", "W")) if "H" in c else \
             " ".join(f"{k}={v}" for k, v in c.items() if k != "dtype")
         parts.append(f"{op} ({shape}) {auto['paired']:.3f}x" + (f" (True: {true['paired']:.2f}x)" if true else ""))
         files.append(f"`{name}`")
