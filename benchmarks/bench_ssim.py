@@ -155,8 +155,9 @@ def volume_rows(r: harness.Runner, libs: dict) -> None:
         y = torch.rand(N, C, D, H, W, device=r.device)
         x = (y + 0.1 * torch.randn_like(y)).clamp(0, 1).requires_grad_(True)
         providers = {"pytorch_msssim": lambda a, b: pm.ssim(a, b, data_range=1.0)} if pm else {}
-        providers.update({"pyaeplus": lambda a, b: pyaeplus.ssim(a, b, data_range=1.0),
-                          "pyaeplus (reflect)": lambda a, b: pyaeplus.ssim(a, b, data_range=1.0, padding="reflect")})
+        providers.update({"pyaeplus[general]": lambda a, b: pyaeplus.ssim(a, b, data_range=1.0),
+                          "pyaeplus[general] (reflect)": lambda a, b: pyaeplus.ssim(a, b, data_range=1.0,
+                                                                                    padding="reflect")})
 
         def fwd(fn):
             def run():

@@ -44,7 +44,7 @@ FIGURES = (
     Figure("SSIM forward+backward, 32x1x28x28", "ssim", "full", {"N": 32, "C": 1, "H": 28, "W": 28,
                                                                  "dtype": "float32"}, ("pytorch_msssim",)),
     Figure("3-D SSIM forward+backward, 2x1x64x128x128", "ssim_3d", "full",
-           {"N": 2, "D": 64, "H": 128, "W": 128, "dtype": "float32"}, ("pytorch_msssim",), provider="pyaeplus"),
+           {"N": 2, "D": 64, "H": 128, "W": 128, "dtype": "float32"}, ("pytorch_msssim",), provider="pyaeplus[general]"),
     Figure("Laplacian regularizer forward+backward, N=65536 d=64 k=10", "laplacian", "full",
            {"N": 65536, "d": 64, "dtype": "float32"}, ("torch naive gather", "torch.sparse.mm")),
     Figure("top-k + sparse decoder step, B=4096 D=16384 k=32 d_out=768", "sparse_decode", "full",
