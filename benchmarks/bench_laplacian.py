@@ -139,8 +139,25 @@ def sweep_rows(r: harness.Runner, main_n: int, sizes: list[int], d: int, k: int,
                       repeats=reps)
 
 
+def finite_check_rows(r: harness.Runner) -> None:
+    """``--finite-check``: laplacian_loss forward + backward with check_finite off / "auto" / True."""
+    n, d, k = (4096, 32, 10) if r.quick else (65536, 64, 10)
+    g = make_graph(n, k, r.device).prepare(None)
+    torch.manual_seed(0)
+    z = torch.randn(n, d, device=r.device, requires_grad=True)
+
+    def step():
+        z.grad = None
+        pyaeplus.laplacian_loss(z, g).backward()
+    r.add_finite_check({"N": n, "d": d, "k": k, "dtype": "float32"}, step)
+
+
 def main() -> None:
     r = harness.Runner("laplacian", description=__doc__.split("\n\n")[0])
+    if r.finite_check:
+        finite_check_rows(r)
+        r.finish()
+        return
     if r.device == "cpu":
         shapes = [(4096, 32, 10, torch.float32)] if r.quick else [(65536, 64, 10, torch.float32),
                                                                   (65536, 64, 10, torch.bfloat16)]

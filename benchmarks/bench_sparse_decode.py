@@ -143,8 +143,27 @@ def sweep_rows(r: harness.Runner, main_b: int, sizes: list[int], D: int, k: int,
         del pre, g
 
 
+def finite_check_rows(r: harness.Runner) -> None:
+    """``--finite-check``: sparse_decode forward + backward (values and weight) with check_finite
+    off / "auto" / True (True also checks the index range)."""
+    B, D, k, d_out = (256, 2048, 16, 96) if r.quick else (4096, 16384, 32, 768)
+    torch.manual_seed(0)
+    v = torch.rand(B, k, device=r.device, requires_grad=True)
+    i = torch.randint(0, D, (B, k), device=r.device)
+    w = (torch.randn(D, d_out, device=r.device) / D ** 0.5).requires_grad_(True)
+
+    def step():
+        v.grad = w.grad = None
+        pyaeplus.sparse_decode(v, i, w).sum().backward()
+    r.add_finite_check({"B": B, "D": D, "k": k, "d_out": d_out, "dtype": "float32"}, step)
+
+
 def main() -> None:
     r = harness.Runner("sparse_decode", description=__doc__.split("\n\n")[0])
+    if r.finite_check:
+        finite_check_rows(r)
+        r.finish()
+        return
     if r.device == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
         if r.quick:

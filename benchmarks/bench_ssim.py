@@ -16,7 +16,9 @@ does not require grad, the autoencoder setting).
 
 Shapes: 8x3x256x256, 32x1x28x28 (MNIST-like batches) and, on a GPU (or on the CPU with
 ``--big``), 5x3x1080x1920 (the size fused-ssim publishes). Peak memory from the harness's
-separate memory run. ``--quick``: small shapes, a smoke run.
+separate memory run. ``--quick``: small shapes, a smoke run. ``--volumes``: only 3-D SSIM of
+2x1x64x128x128 and 4x1x32x64x64 volumes against pytorch_msssim (``results/ssim_3d-*``);
+``--finite-check``: only the cost of ``pyaeplus.config.check_finite`` (``results/ssim_finite_check-*``).
 
 Targets (issue 3): CPU, 2 cores, fp32, 8x3x256x256, forward+backward ("full") >= 5x
 pytorch_msssim; forward+backward allocates at most 1.2x the bytes of inputs and gradients
@@ -127,9 +129,53 @@ def sweep_rows(r: harness.Runner, main_s: int, sizes: list[int], N: int, C: int,
         r.add(f"pyaeplus[{b}]", cfg, "full", full_ours, repeats=reps)
 
 
-def main() -> None:
-    r = harness.Runner("ssim", description=__doc__.split("\n\n")[0])
-    big = "--big" in r.extra
+def finite_check_rows(r: harness.Runner) -> None:
+    """``--finite-check``: SSIM forward + backward with pyaeplus.config.check_finite off / "auto" / True."""
+    shapes = [(2, 3, 64, 64)] if r.quick else [(8, 3, 256, 256), (32, 1, 28, 28)]
+    for N, C, H, W in shapes:
+        torch.manual_seed(0)
+        y = torch.rand(N, C, H, W, device=r.device)
+        x = (y + 0.1 * torch.randn_like(y)).clamp(0, 1).requires_grad_(True)
+
+        def step():
+            x.grad = None
+            pyaeplus.ssim(x, y, data_range=1.0).backward()
+        r.add_finite_check({"N": N, "C": C, "H": H, "W": W, "dtype": "float32"}, step)
+
+
+def volume_rows(r: harness.Runner, libs: dict) -> None:
+    """``--volumes``: 3-D SSIM of (N, 1, D, H, W) volumes (the pure-PyTorch general path: one
+    grouped conv3d per axis for the five statistics) against pytorch_msssim's 5-D SSIM, timed in
+    interleaved rounds."""
+    pm = libs["pytorch_msssim"]
+    shapes = [(1, 1, 16, 32, 32)] if r.quick else [(2, 1, 64, 128, 128), (4, 1, 32, 64, 64)]
+    for N, C, D, H, W in shapes:
+        cfg = {"N": N, "C": C, "D": D, "H": H, "W": W, "dtype": "float32"}
+        torch.manual_seed(0)
+        y = torch.rand(N, C, D, H, W, device=r.device)
+        x = (y + 0.1 * torch.randn_like(y)).clamp(0, 1).requires_grad_(True)
+        providers = {"pytorch_msssim": lambda a, b: pm.ssim(a, b, data_range=1.0)} if pm else {}
+        providers.update({"pyaeplus[general]": lambda a, b: pyaeplus.ssim(a, b, data_range=1.0),
+                          "pyaeplus[general] (reflect)": lambda a, b: pyaeplus.ssim(a, b, data_range=1.0,
+                                                                                    padding="reflect")})
+
+        def fwd(fn):
+            def run():
+                with torch.no_grad():
+                    return fn(x, y)
+            return run
+
+        def full(fn):
+            def run():
+                x.grad = None
+                fn(x, y).backward()
+            return run
+        # interleaved rounds: the providers share whatever load the machine has
+        r.add_interleaved(cfg, "forward", {k: fwd(f) for k, f in providers.items()}, memory=True)
+        r.add_interleaved(cfg, "full", {k: full(f) for k, f in providers.items()}, memory=True)
+
+
+def _libs(r: harness.Runner) -> dict:
     libs = {}
     for name, mod in [("pytorch_msssim", "pytorch_msssim"), ("piq", "piq"), ("kornia", "kornia"),
                       ("fused_ssim", "fused_ssim")]:
@@ -140,6 +186,22 @@ def main() -> None:
     libs["torchmetrics"] = getattr(tmf, "structural_similarity_index_measure", None) if tmf else None
     if libs["torchmetrics"] is None:
         r.skip("torchmetrics", f"not importable ({why})")
+    return libs
+
+
+def main() -> None:
+    r = harness.Runner("ssim", description=__doc__.split("\n\n")[0])
+    if r.finite_check:
+        finite_check_rows(r)
+        r.finish()
+        return
+    if "--volumes" in r.extra:
+        r.name = "ssim_3d"
+        volume_rows(r, _libs(r))
+        r.finish()
+        return
+    big = "--big" in r.extra
+    libs = _libs(r)
     if r.quick:
         shapes = [(2, 3, 64, 64), (8, 1, 28, 28)]
     else:

@@ -148,8 +148,24 @@ def sweep_rows(r: harness.Runner, main_b: int, sizes: list[int], D: int, k: int)
         del x, g
 
 
+def finite_check_rows(r: harness.Runner) -> None:
+    """``--finite-check``: top-k (dense, ReLU) forward + backward with check_finite off / "auto" / True."""
+    B, D, k = (64, 1024, 8) if r.quick else (4096, 16384, 32)
+    torch.manual_seed(0)
+    x = torch.randn(B, D, device=r.device, requires_grad=True)
+
+    def step():
+        x.grad = None
+        pyaeplus.topk_activation(x, k, relu=True).sum().backward()
+    r.add_finite_check({"B": B, "D": D, "k": k, "dtype": "float32"}, step)
+
+
 def main() -> None:
     r = harness.Runner("topk", description=__doc__.split("\n\n")[0])
+    if r.finite_check:
+        finite_check_rows(r)
+        r.finish()
+        return
     cuda = r.device.startswith("cuda")
     if r.quick:
         shapes = [(64, 1024, 8)]

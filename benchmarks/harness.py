@@ -123,6 +123,12 @@ def copy_bandwidth(device: str, nbytes: int | None = None, repeats: int = 20) ->
     return 2 * nbytes / (t["median_ms"] * 1e-3) / 1e9
 
 
+def _stats(times: list[float]) -> dict:
+    times = sorted(times)
+    q = lambda p: times[min(len(times) - 1, max(0, int(round(p * (len(times) - 1)))))]  # noqa: E731
+    return {"median_ms": statistics.median(times), "p20_ms": q(0.2), "p80_ms": q(0.8), "n": len(times)}
+
+
 def _time(fn: Callable[[], Any] | BackwardOnly, device: str, *, warmup: int, repeats: int,
           min_time_s: float = 0.0) -> dict:
     """Median of `repeats` timed calls after `warmup` calls (more repeats if they are very short)."""
@@ -152,10 +158,29 @@ def _time(fn: Callable[[], Any] | BackwardOnly, device: str, *, warmup: int, rep
     return _stats(times)
 
 
-def _stats(times: list[float]) -> dict:
-    times = sorted(times)
-    q = lambda p: times[min(len(times) - 1, max(0, int(round(p * (len(times) - 1)))))]  # noqa: E731
-    return {"median_ms": statistics.median(times), "p20_ms": q(0.2), "p80_ms": q(0.8), "n": len(times)}
+def interleaved(fns: dict[str, Callable[[], Any]], device: str, *, warmup: int, repeats: int,
+                min_time_s: float = 0.0) -> dict[str, dict]:
+    """Time several variants of one op in rounds, each round calling every variant once (order
+    reversed every other round, so drift hits all alike). Returns per variant the timing stats
+    plus ``paired`` = the median over rounds of (its time / the first variant's time in the same
+    round): on a loaded machine the paired ratio is steadier than a ratio of medians."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    _sync(device)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    start_all, rounds = time.perf_counter(), 0
+    while rounds < repeats or (time.perf_counter() - start_all < min_time_s and rounds < 10 * repeats):
+        for n in (names if rounds % 2 == 0 else names[::-1]):
+            _sync(device)
+            t0 = time.perf_counter()
+            fns[n]()
+            _sync(device)
+            times[n].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    base = times[names[0]]
+    return {n: {**_stats(t), "paired": statistics.median(a / b for a, b in zip(t, base))} for n, t in times.items()}
 
 
 def peak_memory_bytes(fn: Callable[[], Any] | BackwardOnly, device: str) -> int | None:
@@ -200,7 +225,12 @@ class Runner:
         ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
         ap.add_argument("--only", default=None, help="comma-separated provider substrings to run")
         ap.add_argument("--no-sweep", action="store_true", help="skip the time-against-size sweep rows")
+        ap.add_argument("--finite-check", action="store_true",
+                        help="only the cost of pyaeplus.config.check_finite (off / auto / True, interleaved in one "
+                             "process); writes <name>_finite_check-<device>.json")
         self.args, self.extra = ap.parse_known_args(argv)
+        self.finite_check = self.args.finite_check
+        name = f"{name}_finite_check" if self.finite_check else name
         self.name = name
         self.description = description
         self.quick = self.args.quick
@@ -273,37 +303,49 @@ class Runner:
         gc.collect()
         return row
 
-    def add_interleaved(self, config: dict, mode: str, fns: dict[str, tuple[Callable[[], Any], bool]], *,
-                        repeats: int | None = None, warmup: int | None = None) -> list[dict]:
-        """Time the providers of one config in alternation: round r calls each once (the order
-        rotated every round), so that the drift of a shared machine hits them alike; then one
-        peak-memory run each. ``fns``: provider -> (fn, is_anchor). Rows as ``add`` makes them."""
+    def add_interleaved(self, config: dict, mode: str, fns: dict[str, Any], *, note: str | None = None,
+                        memory: bool = False, repeats: int | None = None,
+                        warmup: int | None = None) -> list[dict]:
+        """Rows for the providers of one config timed by :func:`interleaved` (alternating rounds,
+        so that the drift of a shared machine hits them alike). ``fns``: provider -> fn, the first
+        one the anchor, or provider -> (fn, is_anchor). Each row's ``paired`` is its per-round time
+        ratio to the first provider (median over rounds). ``memory``: also each provider's peak
+        memory, in a separate run (unless ``--no-memory``)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        fns = {p: v for p, v in fns.items() if self.wants(p)}
-        names = list(fns)
-        for _ in range(self.warmup if warmup is None else warmup):
-            for p in names:
-                fns[p][0]()
-        times: dict[str, list[float]] = {p: [] for p in names}
-        for rnd in range(repeats or self.repeats):
-            for p in names[rnd % len(names):] + names[:rnd % len(names)]:
-                _sync(self.device)
-                t0 = time.perf_counter()
-                fns[p][0]()
-                _sync(self.device)
-                times[p].append((time.perf_counter() - t0) * 1e3)
+        fns = {k: f for k, f in fns.items() if self.wants(k)}
+        calls = {k: (f[0] if isinstance(f, tuple) else f) for k, f in fns.items()}
+        anchor = {k: (f[1] if isinstance(f, tuple) else i == 0) for i, (k, f) in enumerate(fns.items())}
+        t = interleaved(calls, self.device, warmup=self.warmup if warmup is None else warmup,
+                        repeats=repeats or self.repeats, min_time_s=0.05 if self.quick else 1.0)
         rows = []
-        for p in names:
-            fn, anchor = fns[p]
-            mem = None if self.args.no_memory else peak_memory_bytes(fn, self.device)
-            row = {"provider": p, "config": config, "mode": mode, "anchor": anchor, **_stats(times[p]),
-                   "peak_mem_bytes": mem, "bytes_moved": None, "note": "interleaved"}
+        for provider, st in t.items():
+            mem = peak_memory_bytes(calls[provider], self.device) if memory and not self.args.no_memory else None
+            row = {"provider": provider, "config": config, "mode": mode, "anchor": anchor[provider], **st,
+                   "peak_mem_bytes": mem, "bytes_moved": None,
+                   "note": (note or "interleaved") + f"; paired ratio {st['paired']:.3f}"}
             self.rows.append(row)
             rows.append(row)
-            print(f"[{self.name}] {mode:8s} {p:34s} {_cfg(config):40s} {row['median_ms']:10.3f} ms", flush=True)
+            print(f"[{self.name}] {mode:8s} {provider:34s} {_cfg(config):40s} {st['median_ms']:10.3f} ms "
+                  f"paired x{st['paired']:.3f}", flush=True)
             gc.collect()
         return rows
+
+    def add_finite_check(self, config: dict, step: Callable[[], Any]) -> list[dict]:
+        """The cost of ``pyaeplus.config.check_finite``: ``step`` (one forward + backward) with the
+        checks off (anchor), ``"auto"`` (the default) and ``True`` (the explicit check), interleaved.
+        Issue 12's goal: the default within 1.05x of off."""
+        import pyaeplus
+
+        def under(mode):
+            def run():
+                with pyaeplus.config.checks(mode):
+                    step()
+            return run
+
+        return self.add_interleaved(config, "full", {"check_finite=False": under(False),
+                                                     "check_finite='auto' (default)": under("auto"),
+                                                     "check_finite=True": under(True)})
 
     # -- output ------------------------------------------------------------------------------
     def _ratios(self) -> None:
@@ -358,7 +400,9 @@ def render_markdown(doc: dict) -> str:
     if env.get("copy_bandwidth_gbs"):
         lines.append(f"Measured copy bandwidth: {env['copy_bandwidth_gbs']} GB/s (read + write).")
     if "check_finite" in env:
-        lines.append(f"pyaeplus input finite-checks: {'on' if env['check_finite'] else 'off'}.")
+        mode = env["check_finite"]
+        lines.append(f"pyaeplus.config.check_finite: {mode!r}." if isinstance(mode, str)
+                     else f"pyaeplus input finite-checks: {'on' if mode else 'off'}.")
     if env.get("quick"):
         lines.append("**Quick smoke run: small shapes, few repeats; not a measurement.**")
     lines.append("")
@@ -373,6 +417,10 @@ def render_markdown(doc: dict) -> str:
         lines.append("")
         head = "| provider | median ms | p20–p80 ms | peak MiB |"
         sep = "|---|---:|---:|---:|"
+        paired = any("paired" in r for r in rows)
+        if paired:
+            head += " paired time ratio |"
+            sep += "---:|"
         for a in anchors:
             head += f" speed-up vs {a} |"
             sep += "---:|"
@@ -384,6 +432,8 @@ def render_markdown(doc: dict) -> str:
             mem = "-" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / 2**20:.1f}"
             line = (f"| {r['provider']}{' (anchor)' if r['anchor'] else ''} | {r['median_ms']:.3f} | "
                     f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f} | {mem} |")
+            if paired:
+                line += f" {r['paired']:.3f}x |" if "paired" in r else " - |"
             for a in anchors:
                 s = r.get("speedup", {}).get(a)
                 line += f" {s:.2f}x |" if s is not None and math.isfinite(s) else " - |"

@@ -40,12 +40,25 @@ def tensor(name: str, t, *, ndim: int | Iterable[int] | None = None, min_ndim: i
     return t
 
 
-def finite(name: str, t: torch.Tensor) -> None:
-    """Reject NaN/Inf (see pyaeplus.config.check_finite for the cost and the switch)."""
-    if not config.check_finite or _compiling() or t.numel() == 0:
+def wants_data_checks(check_finite=None) -> bool:
+    """Whether the value checks that read data tensors run: ``check_finite`` (a per-call
+    override) or ``pyaeplus.config.check_finite`` is True, and ``torch.compile`` is not tracing.
+    The default ``"auto"`` reads no data (see ``pyaeplus.config``)."""
+    mode = config.check_finite if check_finite is None else config.check_mode(check_finite)
+    return mode is True and not _compiling()
+
+
+def finite(name: str, t: torch.Tensor, check_finite=None) -> None:
+    """Reject NaN/Inf in ``t`` when :func:`wants_data_checks` (explicit mode only: one extra
+    read of ``t`` and, on CUDA, one host sync)."""
+    if not wants_data_checks(check_finite) or t.numel() == 0 or not t.is_floating_point() \
+            or t.device.type == "meta":
         return
-    if not t.is_floating_point():
-        return
+    finite_now(name, t)
+
+
+def finite_now(name: str, t: torch.Tensor) -> None:
+    """The NaN/Inf check itself, whatever the mode (for small host-side arguments)."""
     # Fast path, one reduction without a mask allocation: any NaN/Inf makes the sum non-finite,
     # so a finite sum proves every element finite. A non-finite sum (or an overflow of finite
     # values) falls through to the exact count.
@@ -56,7 +69,7 @@ def finite(name: str, t: torch.Tensor) -> None:
         n_nan = int(torch.isnan(t).sum())
         n_inf = int(torch.isinf(t).sum())
         raise ValueError(f"{name} contains {n_nan} NaN and {n_inf} Inf value(s); pyaeplus rejects non-finite "
-                         "inputs (pyaeplus.config.check_finite=False skips this check)")
+                         "inputs (pyaeplus.config.check_finite=True checks every input, False none)")
 
 
 def same_device(**tensors: torch.Tensor | None) -> torch.device:

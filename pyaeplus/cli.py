@@ -302,12 +302,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"k=10 graph ({time.perf_counter() - t0:.1f} s so far); training {epochs} epochs")
     res = fit(model, WithIndex(x_train), epochs=epochs, lr=args.lr, seed=args.seed, device=args.device,
               batch_sampler=model.sampler(args.batch_size, neighbors=4, seed=args.seed),
-              progress=not args.no_progress, checkpoint_dir=out / "checkpoint", keep_checkpoints=1)
+              progress=not args.no_progress, checkpoint_dir=out / "checkpoint", keep_checkpoints=1,
+              amp={"auto": True, "off": False}.get(args.amp, args.amp))
     t2 = time.perf_counter()
 
     dev = next(model.parameters()).device
     model.eval()
-    with torch.no_grad():
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    if args.amp == "auto" and dev.type == "cuda":
+        amp_dtype = torch.bfloat16
+    with torch.no_grad(), torch.autocast(dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
         scores, recon, z_test = [], [], []
         for xb in x_test.split(256):
             xb = xb.to(dev)
@@ -326,7 +330,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     paths = _demo_plots(out, x_test, recon, scores, labels, lat, score_name)
     results = {"auroc": auroc, "ap": ap, "auroc_latent": auroc_lat, "ap_latent": ap_lat,
                "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]), "n_anomalies": int(labels.sum()),
-               "epochs": epochs, "final_train_loss": res.history[-1]["train"]["loss"],
+               "epochs": epochs, "amp": args.amp, "final_train_loss": res.history[-1]["train"]["loss"],
                "train_seconds": t2 - t1, "total_seconds": time.perf_counter() - t0, "data": what,
                "plots": {k: str(v) for k, v in paths.items()}, "checkpoint": str(res.checkpoint)}
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -355,6 +359,8 @@ def _add_demo_parser(sub) -> None:
     s.add_argument("--loss", default="ssim", choices=["ssim", "l1_ssim", "ms_ssim", "mse"],
                    help="reconstruction loss (default ssim, the fused kernels)")
     s.add_argument("--device", default="auto")
+    s.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
+                   help="mixed precision for training and scoring (auto: bf16 on CUDA, off on CPU)")
     s.add_argument("--threads", type=int, default=1,
                    help="CPU intra-op threads (default 1: the demo's ops are too small to gain from more; 0 keeps "
                         "torch's default)")

@@ -1,18 +1,18 @@
 """Drop-in functions: validation here, then the custom ops in ``pyaeplus.ops``.
 
-Every public function checks its arguments (shape, dtype, device, range, finite values when
-``pyaeplus.config.check_finite``) and raises ValueError/TypeError naming the argument before
-any kernel runs.
+Every public function checks its arguments (shape, dtype, device, range) and raises
+ValueError/TypeError naming the argument before any kernel runs, without reading the data:
+value checks (NaN/Inf, index ranges) that would read a data tensor and synchronise the device
+run only with ``check_finite=True`` (per call or ``pyaeplus.config.check_finite``).
 """
 
 from __future__ import annotations
 
-import numbers as _numbers
 from typing import List as _List, NamedTuple as _NamedTuple, Optional as _Optional, Sequence as _Sequence
-from typing import Tuple as _Tuple
 
 import torch as _torch
 
+from . import _ssim_args as _sa
 from . import _validate as _v
 from .graph.csr import Graph as _Graph
 # Importing the op modules registers the pyaeplus:: custom ops.
@@ -75,7 +75,8 @@ def _topk_k(k, D: int, *, relu, training, batch, sparse_format, k_eval, alpha) -
 
 
 def topk_activation(x: _torch.Tensor, k: int, *, relu: bool = False, output: str = "dense", k_eval=None,
-                    alpha=None, training: bool = True, batch: bool = False, sparse_format: str = "coo"):
+                    alpha=None, training: bool = True, batch: bool = False, sparse_format: str = "coo",
+                    check_finite=None):
     """Top-k sparse activation over the last dimension (k-sparse autoencoders).
 
     Each row (the last dimension of ``x``) keeps its ``k`` largest entries. Ties are broken
@@ -85,10 +86,11 @@ def topk_activation(x: _torch.Tensor, k: int, *, relu: bool = False, output: str
     convention; the gradient is zero where the selected value is ``<= 0``). The gradient
     flows to the selected entries only; the backward writes it in one pass.
 
-    NaN policy: with ``pyaeplus.config.check_finite`` on (default) a NaN/Inf in ``x`` raises
-    ValueError. With the check off (and under ``torch.compile``, which skips it) NaN counts as
-    larger than ``+inf``, as in ``torch.topk``, so NaN entries are selected first (lowest
-    index first); ``-0.0`` and ``+0.0`` tie.
+    NaN policy: by default (``pyaeplus.config.check_finite="auto"``, no data read) NaN counts as
+    larger than ``+inf``, as in ``torch.topk``, so NaN entries are selected first (lowest index
+    first) and reach the loss; ``-0.0`` and ``+0.0`` tie. With ``check_finite=True`` a NaN/Inf
+    in ``x`` raises ValueError (one extra read and, on CUDA, a host sync). Under
+    ``torch.autocast`` the selection runs in ``x``'s dtype (as ``torch.topk``).
 
     Args:
         x: (*, D) floating tensor (float32, float64, float16, bfloat16; any strides), at
@@ -105,6 +107,7 @@ def topk_activation(x: _torch.Tensor, k: int, *, relu: bool = False, output: str
             rows, ``x`` viewed as (B, D)) instead of k per row, ties by ascending flat index;
             rows get a variable number of entries.
         sparse_format: for ``batch=True, output="sparse"``: ``"coo"`` or ``"csr"``.
+        check_finite: None (``pyaeplus.config.check_finite``), True or False.
 
     Returns:
         ``output="dense"``: a tensor shaped like ``x``.
@@ -116,7 +119,7 @@ def topk_activation(x: _torch.Tensor, k: int, *, relu: bool = False, output: str
 
     Raises:
         TypeError: ``x`` not a floating tensor, ``k``/``k_eval`` not an int, a flag not a bool.
-        ValueError: ``x`` 0-d or empty or not finite, ``k``/``k_eval`` outside [1, D],
+        ValueError: ``x`` 0-d or empty (or not finite, when checked), ``k``/``k_eval`` outside [1, D],
             ``alpha <= 0``, an unknown ``output``/``sparse_format``, ``x`` on an unsupported device.
     """
     _v.tensor("x", x, min_ndim=1)
@@ -126,7 +129,7 @@ def topk_activation(x: _torch.Tensor, k: int, *, relu: bool = False, output: str
     _v.choice("output", output, ("dense", "sparse"))
     k = _topk_k(k, D, relu=relu, training=training, batch=batch, sparse_format=sparse_format, k_eval=k_eval,
                 alpha=alpha)
-    _v.finite("x", x)
+    _v.finite("x", x, check_finite)
 
     x2 = x.reshape(-1, D)
     B = x2.shape[0]
@@ -173,7 +176,7 @@ def _autocast_inputs(device_type: str, *tensors):
 
 def topk_encode(x: _torch.Tensor, weight: _torch.Tensor, bias: _Optional[_torch.Tensor], k: int, *,
                 relu: bool = True, batch: bool = False, sparse_format: str = "coo", k_eval=None, alpha=None,
-                training: bool = True):
+                training: bool = True, check_finite=None):
     """Fused top-k encoder: ``topk(x @ weight.T + bias)`` with a backward that touches only the
     selected latents.
 
@@ -203,6 +206,7 @@ def topk_encode(x: _torch.Tensor, weight: _torch.Tensor, bias: _Optional[_torch.
         sparse_format: ``"coo"`` or ``"csr"``, the output form of ``batch=True``.
         k_eval, alpha, training: the inference rule of :func:`topk_activation` (``training=False``
             keeps ``k_eval`` or ``round(alpha * k)`` latents).
+        check_finite: None (``pyaeplus.config.check_finite``), True or False.
 
     Returns:
         Per row: ``TopKResult(values (*, k), indices (*, k) int64)``, values descending.
@@ -215,9 +219,9 @@ def topk_encode(x: _torch.Tensor, weight: _torch.Tensor, bias: _Optional[_torch.
         TypeError: a tensor argument is not a tensor or has the wrong dtype, ``k``/``k_eval`` not
             an int, a flag not a bool.
         ValueError: shapes disagree, devices differ, an input is empty, ``k``/``k_eval`` outside
-            [1, D], ``alpha <= 0``, an unknown ``sparse_format``, or (CPU tensors, with
-            ``pyaeplus.config.check_finite``) NaN/Inf in an input. CUDA inputs get no value check,
-            so that a training step never synchronises with the device here.
+            [1, D], ``alpha <= 0``, an unknown ``sparse_format``, or NaN/Inf in an input when the
+            explicit check is on (``check_finite=True`` or ``pyaeplus.config.check_finite=True``;
+            the default ``"auto"`` reads no data, so a training step never synchronises here).
     """
     _v.tensor("x", x, min_ndim=1)
     weight = _v.tensor("weight", weight, ndim=2)
@@ -238,10 +242,9 @@ def topk_encode(x: _torch.Tensor, weight: _torch.Tensor, bias: _Optional[_torch.
         raise ValueError(f"bias must have shape ({D},) to match weight {tuple(weight.shape)}, got {tuple(bias.shape)}")
     k = _topk_k(k, D, relu=relu, training=training, batch=batch, sparse_format=sparse_format, k_eval=k_eval,
                 alpha=alpha)
-    if x.device.type == "cpu":  # value checks where they cost no device sync
-        for name, t in (("x", x), ("weight", weight), ("bias", bias)):
-            if t is not None:
-                _v.finite(name, t)
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if t is not None:
+            _v.finite(name, t, check_finite)
     x2 = x.reshape(-1, N)
     if not batch:
         vals, idx = _torch.ops.pyaeplus.topk_encode(x2, weight, bias, k, relu)
@@ -263,7 +266,7 @@ __all__ += ["sparse_decode"]
 
 
 def sparse_decode(values: _torch.Tensor, indices: _torch.Tensor, weight: _torch.Tensor,
-                  bias: _torch.Tensor | None = None) -> _torch.Tensor:
+                  bias: _torch.Tensor | None = None, *, check_finite=None) -> _torch.Tensor:
     """Decode sparse codes: ``out[..., :] = sum_j values[..., j] * weight[indices[..., j], :] + bias``.
 
     The fused gather-matmul of a top-k sparse autoencoder's decoder: the codes stay sparse
@@ -277,29 +280,31 @@ def sparse_decode(values: _torch.Tensor, indices: _torch.Tensor, weight: _torch.
             ``pyaeplus.topk_activation(x, k, output="sparse")``. Leading dimensions are flattened
             and restored.
         indices: (..., k) int64 or int32 latent indices in ``[0, D)``, same shape as ``values``.
-        weight: (D, d_out) decoder matrix, same dtype and device as ``values`` (the transpose of
-            an ``nn.Linear(D, d_out)`` weight; row ``i`` is latent ``i``'s decoder direction).
-        bias: optional (d_out,) bias, same dtype and device.
+        weight: (D, d_out) decoder matrix on the device of ``values`` (the transpose of an
+            ``nn.Linear(D, d_out)`` weight; row ``i`` is latent ``i``'s decoder direction).
+        bias: optional (d_out,) bias, same device.
+        check_finite: None (``pyaeplus.config.check_finite``), True or False; see below.
+
+    Mixed dtypes are promoted (``torch.result_type``), under ``torch.autocast`` too: bfloat16
+    values from an autocast ``Linear`` against a float32 weight parameter decode in float32
+    (the (B, k) values are cast, the (D, d_out) weight is never copied).
 
     Returns:
-        (..., d_out) tensor in ``values``' dtype.
+        (..., d_out) tensor in the promoted dtype of values, weight and bias.
 
     Raises:
         TypeError: an argument is not a tensor or has the wrong dtype.
-        ValueError: shapes disagree, devices differ, an index is outside ``[0, D)``, an input is
-            empty, or (with ``pyaeplus.config.check_finite``) contains NaN/Inf. The index-range
-            and finite checks are skipped while ``torch.compile`` traces; the kernels then
-            bounds-check (CPU: raise) or mask (GPU: an out-of-range index contributes zero).
+        ValueError: shapes disagree, devices differ, an input is empty; with ``check_finite=True``
+            also an index outside ``[0, D)`` or a NaN/Inf input (one read each and, on CUDA, a
+            host sync). By default (``"auto"``) nothing is read: an out-of-range index raises
+            ValueError from the CPU kernel and contributes zero on CUDA (the kernels mask it),
+            NaN propagates to the output.
     """
     values = _v.tensor("values", values, min_ndim=1)
     indices = _v.tensor("indices", indices, min_ndim=1, dtypes=(_torch.int64, _torch.int32))
     weight = _v.tensor("weight", weight, ndim=2)
     if bias is not None:
         bias = _v.tensor("bias", bias, ndim=1)
-    if weight.dtype != values.dtype:
-        raise TypeError(f"weight must have the dtype of values ({values.dtype}), got {weight.dtype}")
-    if bias is not None and bias.dtype != values.dtype:
-        raise TypeError(f"bias must have the dtype of values ({values.dtype}), got {bias.dtype}")
     if indices.shape != values.shape:
         raise ValueError(f"indices must have the shape of values {tuple(values.shape)}, got {tuple(indices.shape)}")
     D, d_out = weight.shape
@@ -307,11 +312,15 @@ def sparse_decode(values: _torch.Tensor, indices: _torch.Tensor, weight: _torch.
         raise ValueError(f"bias must have shape ({d_out},) to match weight {tuple(weight.shape)}, "
                          f"got {tuple(bias.shape)}")
     _v.same_device(values=values, indices=indices, weight=weight, bias=bias)
-    _v.finite("values", values)
-    _v.finite("weight", weight)
+    dtype = _torch.promote_types(values.dtype, weight.dtype)
+    dtype = dtype if bias is None else _torch.promote_types(dtype, bias.dtype)
+    values, weight = values.to(dtype), weight.to(dtype)
+    bias = None if bias is None else bias.to(dtype)
+    _v.finite("values", values, check_finite)
+    _v.finite("weight", weight, check_finite)
     if bias is not None:
-        _v.finite("bias", bias)
-    if not _v._compiling():
+        _v.finite("bias", bias, check_finite)
+    if _v.wants_data_checks(check_finite) and indices.device.type != "meta":
         lo, hi = _torch.aminmax(indices)
         lo, hi = int(lo), int(hi)
         if lo < 0 or hi >= D:
@@ -328,88 +337,6 @@ def sparse_decode(values: _torch.Tensor, indices: _torch.Tensor, weight: _torch.
 _MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang, Simoncelli & Bovik 2003
 
 
-class _SSIMArgs(_NamedTuple):
-    X: _torch.Tensor
-    Y: _torch.Tensor
-    window: _Optional[_torch.Tensor]  # (K,) shared 1-D taps, or None: the general path
-    win_nd: _Optional[_torch.Tensor]  # (C, 1, [1,] 1, K) per-channel taps for the general path
-    win_size: int
-    c1: float
-    c2: float
-    padding: int
-
-
-def _ssim_args(X, Y, data_range, win_size, win_sigma, win, K, padding, window) -> _SSIMArgs:
-    _v.tensor("X", X, dtypes=_v.FLOATING, nonempty=False)
-    _v.tensor("Y", Y, dtypes=_v.FLOATING, nonempty=False)
-    if X.dtype != Y.dtype:
-        raise TypeError(f"X and Y must have the same dtype, got {X.dtype} and {Y.dtype}")
-    if X.shape != Y.shape:
-        raise ValueError(f"X and Y must have the same shape, got {tuple(X.shape)} and {tuple(Y.shape)}")
-    _v.same_device(X=X, Y=Y)
-    # pytorch-msssim drops trailing singleton dimensions beyond the first two (so (N, C, 1, H, W)
-    # is an image batch); do the same so that the same calls are accepted.
-    for d in range(X.dim() - 1, 1, -1):
-        if X.shape[d] == 1:
-            X, Y = X.squeeze(d), Y.squeeze(d)
-    if X.dim() not in (4, 5):
-        raise ValueError(f"X and Y must be 4-d (N, C, H, W) or 5-d (N, C, D, H, W) after dropping singleton "
-                         f"dimensions, got shape {tuple(X.shape)}")
-    if X.numel() == 0:
-        raise ValueError(f"X and Y must not be empty, got shape {tuple(X.shape)}")
-    data_range = _v.number("data_range", data_range, positive=True)
-    if not isinstance(K, (tuple, list)) or len(K) != 2:
-        raise TypeError(f"K must be a pair (K1, K2), got {K!r}")
-    k1 = _v.number("K[0]", K[0], nonnegative=True)
-    k2 = _v.number("K[1]", K[1], nonnegative=True)
-    pad = _v.choice("padding", padding, ("valid", "same", "reflect", "replicate", "circular"))
-    kind = _v.choice("window", window, ("gaussian", "uniform"))
-    C = X.shape[1]
-    win_nd = None
-    if win is not None:
-        _v.tensor("win", win, dtypes=_v.FLOATING)
-        win_size = int(win.shape[-1])
-        if win_size < 3 or win_size % 2 == 0:
-            raise ValueError(f"win must have an odd length >= 3 in its last dimension, got shape {tuple(win.shape)}")
-        if any(s != 1 for s in win.shape[1:-1]) or win.dim() not in (1, X.dim()) or \
-                (win.dim() > 1 and win.shape[0] not in (1, C)):
-            raise ValueError(f"win must be (K,) or ({C}, 1, {'1, ' * (X.dim() - 3)}K) as pytorch-msssim builds it, "
-                             f"got shape {tuple(win.shape)}")
-        _v.same_device(X=X, win=win) if win.device.type != "cpu" else None
-        rows = win.reshape(-1, win_size)
-        taps = rows[0]
-        if rows.shape[0] > 1 and not _v._compiling() and not bool((rows == taps).all()):
-            win_nd = win.reshape((C, 1) + (1,) * (X.dim() - 3) + (win_size,)) if rows.shape[0] == C else None
-    else:
-        if isinstance(win_size, bool) or not isinstance(win_size, _numbers.Integral):
-            raise TypeError(f"win_size must be an int, got {type(win_size).__name__} {win_size!r}")
-        win_size = int(win_size)
-        if win_size < 3 or win_size % 2 == 0:
-            raise ValueError(f"win_size must be odd and >= 3, got {win_size}")
-        if kind == "gaussian":
-            win_sigma = _v.number("win_sigma", win_sigma, positive=True)
-            taps = _ssim_ref.gaussian_window(win_size, win_sigma)
-        else:
-            taps = _ssim_ref.uniform_window(win_size)
-    small = min(X.shape[2:])
-    if small < win_size:
-        raise ValueError(f"win_size {win_size} is larger than the smallest spatial size {small} of X "
-                         f"(shape {tuple(X.shape)}); use a smaller window")
-    _v.finite("X", X)
-    _v.finite("Y", Y)
-    acc = _torch.float64 if X.dtype == _torch.float64 else _torch.float32
-    general = X.dim() == 5 or win_nd is not None
-    if general and pad != "valid":
-        raise ValueError(f"padding={pad!r} is supported for 4-d inputs with one window for all channels; "
-                         "5-d inputs and per-channel windows use padding='valid'")
-    if general and win_nd is None:
-        win_nd = taps.reshape((1, 1) + (1,) * (X.dim() - 3) + (win_size,)).expand(
-            (C, 1) + (1,) * (X.dim() - 3) + (win_size,))
-    window_t = None if general else taps.to(device=X.device, dtype=acc).contiguous()
-    return _SSIMArgs(X, Y, window_t, win_nd, win_size, (k1 * data_range) ** 2, (k2 * data_range) ** 2,
-                     _ssim_ops.PADDING_CODES[pad])
-
-
 def _reduce(per_image: _torch.Tensor, size_average: bool, reduction) -> _torch.Tensor:
     if reduction is None:
         return per_image.mean() if size_average else per_image
@@ -419,11 +346,11 @@ def _reduce(per_image: _torch.Tensor, size_average: bool, reduction) -> _torch.T
     return per_image.sum() if reduction == "sum" else per_image
 
 
-def _per_channel(a: _SSIMArgs, data_range: float, K) -> _Tuple[_torch.Tensor, _torch.Tensor, _torch.Tensor]:
-    """(ssim, cs, l1_sum) per (image, channel), means over the output map, for one level."""
+def _per_channel(a: _sa.SSIMArgs, want_l1: bool = False):
+    """(ssim, cs, l1_sum or None) per (image, channel), means over the output map, for one level."""
     if a.window is None:
-        s, cs = _ssim_ref.ssim_per_channel(a.X, a.Y, a.win_nd, data_range, K)
-        l1 = (a.X.to(s.dtype) - a.Y.to(s.dtype)).abs().flatten(2).sum(-1)
+        s, cs, _ = _ssim_ref.ssim_general(a.X, a.Y, a.win_nd, a.c1, a.c2, a.padding, a.skip)
+        l1 = (a.X.to(s.dtype) - a.Y.to(s.dtype)).abs().flatten(2).sum(-1) if want_l1 else None
         return s, cs, l1
     s_sum, cs_sum, l1_sum, _ = _torch.ops.pyaeplus.ssim_stats(a.X, a.Y, a.window, a.c1, a.c2, a.padding, False)
     H, W = a.X.shape[-2:]
@@ -434,62 +361,52 @@ def _per_channel(a: _SSIMArgs, data_range: float, K) -> _Tuple[_torch.Tensor, _t
 def ssim(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, size_average: bool = True, win_size: int = 11,
          win_sigma: float = 1.5, win: _Optional[_torch.Tensor] = None,
          K: _Sequence[float] = (0.01, 0.03), nonnegative_ssim: bool = False, *, padding: str = "valid",
-         window: str = "gaussian", reduction: _Optional[str] = None) -> _torch.Tensor:
-    """Structural similarity, a drop-in for ``pytorch_msssim.ssim`` (same arguments, same numbers).
+         window: str = "gaussian", reduction: _Optional[str] = None, check_finite=None) -> _torch.Tensor:
+    """Structural similarity, a drop-in for ``pytorch_msssim.ssim`` (same arguments, same numbers;
+    the deliberate differences are listed in the README).
 
     Args:
-        X, Y: images (N, C, H, W) (or (N, C, D, H, W), computed by the pure-PyTorch path), same
-            shape, dtype (float32/float16/bfloat16/float64) and device. Trailing singleton
-            dimensions are dropped first, as pytorch-msssim does.
-        data_range: value range of the images (255 for 8-bit, 1.0 for [0, 1]); > 0.
+        X, Y: images (N, C, H, W) or volumes (N, C, D, H, W), same shape and device, floating
+            (float32/float16/bfloat16/float64). Mixed dtypes are promoted
+            (``torch.result_type``): a bfloat16 prediction against a float32 target computes in
+            float32. Trailing singleton dimensions are dropped first, as pytorch-msssim does.
+        data_range: value range of the images (255 for 8-bit, 1.0 for [0, 1]); > 0, a number or
+            a 0-d tensor.
         size_average: mean over the batch (scalar) if True, else one value per image (N,).
-        win_size: odd window length >= 3, at most min(H, W).
+        win_size: odd window length >= 3. With ``padding="valid"`` a side shorter than the
+            window is not smoothed (pytorch-msssim's behaviour and warning); the other paddings
+            need the window to fit every side.
         win_sigma: Gaussian sigma (> 0).
-        win: explicit taps, (K,) or pytorch-msssim's (C, 1, 1, K); overrides win_size/win_sigma.
-            Taps that differ across channels take the pure-PyTorch path (correct, slower).
-        K: constants (K1, K2); c1 = (K1 * data_range)^2, c2 = (K2 * data_range)^2.
+        win: explicit taps, (K,) or pytorch-msssim's (C, 1, [1,] 1, K); overrides win_size/win_sigma.
+            Taps that differ across channels take the pure-PyTorch path (correct, slower); a
+            ``win`` on a GPU is not compared across channels (that would sync), so pass (K,)
+            or a CPU tensor there to keep the fused kernels.
+        K: constants (K1, K2), numbers or 0-d tensors, both > 0; c1 = (K1 * data_range)^2,
+            c2 = (K2 * data_range)^2.
         nonnegative_ssim: clamp the per-channel SSIM at 0 (ReLU) before averaging.
         padding: "valid" (no padding; pytorch-msssim, piq, MATLAB), "same" (zero padding;
             fused-ssim), "reflect" (kornia, torchmetrics >= 1.4.2), "replicate", "circular";
-            all but "valid" keep the map at H x W.
+            all but "valid" keep the map at the input size. 5-D inputs take every mode.
         window: "gaussian" (win_size, win_sigma) or "uniform" (box of win_size).
         reduction: "mean" (scalar), "sum" (scalar) or "none" (N,); overrides size_average.
+        check_finite: None (``pyaeplus.config.check_finite``, default ``"auto"``: no data read),
+            True (raise ValueError on NaN/Inf in X or Y: one extra read, a host sync on CUDA) or
+            False.
 
     Returns:
         Scalar tensor, or (N,) with ``size_average=False`` / ``reduction="none"``: the mean over
-        channels of each channel's mean SSIM, in the dtype of X (accumulated in float32).
-
-    Non-finite inputs raise ValueError (``pyaeplus.config.check_finite``). Gradients flow to
-    both X and Y.
+        channels of each channel's mean SSIM, accumulated in float32, in the promoted dtype of
+        X and Y; float32 for half inputs under ``torch.autocast``. NaN/Inf inputs give NaN
+        unless checked. Gradients flow to both X and Y.
     """
-    a = _ssim_args(X, Y, data_range, win_size, win_sigma, win, K, padding, window)
-    s, _, _ = _per_channel(a, float(data_range), K)
+    a = _sa.parse(X, Y, data_range, win_size, win_sigma, win, K, padding, window, check_finite)
+    s, _, _ = _per_channel(a)
     if nonnegative_ssim:
         s = _torch.relu(s)
-    return _reduce(s.mean(1), size_average, reduction).to(a.X.dtype)
+    return _reduce(s.mean(1), size_average, reduction).to(a.out_dtype)
 
 
-def ms_ssim(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, size_average: bool = True,
-            win_size: int = 11, win_sigma: float = 1.5, win: _Optional[_torch.Tensor] = None,
-            weights: _Optional[_List[float]] = None, K: _Sequence[float] = (0.01, 0.03), *,
-            padding: str = "valid", window: str = "gaussian", reduction: _Optional[str] = None) -> _torch.Tensor:
-    """Multi-scale SSIM, a drop-in for ``pytorch_msssim.ms_ssim`` (same arguments, same numbers).
-
-    Each level runs the SSIM kernel, then both images are 2x2 average pooled (padding odd sizes
-    as pytorch-msssim does). The result is prod_l relu(cs_l)^w_l over all but the last level
-    times relu(ssim_last)^w_last, per image and channel, averaged over channels.
-
-    Args:
-        X, Y: images (N, C, H, W) (or 5-d), as in :func:`ssim`. With ``padding="valid"`` the
-            smaller side must exceed (win_size - 1) * 2^(levels - 1), as pytorch-msssim asserts.
-        data_range, size_average, win_size, win_sigma, win, K, padding, window, reduction:
-            as in :func:`ssim`.
-        weights: per-level exponents; default the 5 weights of Wang et al. 2003.
-
-    Returns:
-        Scalar, or (N,) with ``size_average=False`` / ``reduction="none"``, in the dtype of X.
-    """
-    a = _ssim_args(X, Y, data_range, win_size, win_sigma, win, K, padding, window)
+def _ms_ssim_levels(a: _sa.SSIMArgs, weights) -> _List[float]:
     if weights is None:
         weights = _MS_SSIM_WEIGHTS
     if isinstance(weights, _torch.Tensor):
@@ -502,64 +419,101 @@ def ms_ssim(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, size_av
     if a.padding == 0 and smaller <= (a.win_size - 1) * 2 ** (levels - 1):
         raise ValueError(f"X and Y must have a smaller side > {(a.win_size - 1) * 2 ** (levels - 1)} for "
                          f"{levels} levels and win_size {a.win_size} (got {tuple(a.X.shape)})")
-    last = smaller
+    sides = list(a.X.shape[2:])
     for _ in range(levels - 1):
-        last = (last + 1) // 2
-    if last < a.win_size:
-        raise ValueError(f"the coarsest of {levels} levels is {last} pixels, smaller than win_size {a.win_size}")
+        if min(sides) < 2:  # avg_pool of a side of 1 (pytorch-msssim fails inside avg_pool3d)
+            raise ValueError(f"X and Y of shape {tuple(a.X.shape)} cannot be halved {levels - 1} times for {levels} "
+                             "levels (a side reaches 1 before the last level); use fewer weights")
+        sides = [(s + 1) // 2 for s in sides]
+    last = min(sides)
+    if a.padding != 0 and last < a.win_size:
+        raise ValueError(f"the coarsest of {levels} levels has a side of {last}, smaller than win_size "
+                         f"{a.win_size}; padding='valid' skips the smoothing along such sides")
+    return weights
+
+
+def ms_ssim(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, size_average: bool = True,
+            win_size: int = 11, win_sigma: float = 1.5, win: _Optional[_torch.Tensor] = None,
+            weights: _Optional[_List[float]] = None, K: _Sequence[float] = (0.01, 0.03), *,
+            padding: str = "valid", window: str = "gaussian", reduction: _Optional[str] = None,
+            check_finite=None) -> _torch.Tensor:
+    """Multi-scale SSIM, a drop-in for ``pytorch_msssim.ms_ssim`` (same arguments, same numbers).
+
+    Each level runs the SSIM kernel, then both images are 2x2 average pooled (padding odd sizes
+    as pytorch-msssim does; half inputs are pooled in float32). The result is
+    prod_l relu(cs_l)^w_l over all but the last level times relu(ssim_last)^w_last, per image
+    and channel, averaged over channels.
+
+    Args:
+        X, Y: images (N, C, H, W) or volumes (N, C, D, H, W), as in :func:`ssim`. With
+            ``padding="valid"`` the smaller of H and W must exceed (win_size - 1) * 2^(levels - 1)
+            (pytorch-msssim asks for 2^4 whatever the number of levels); a depth shorter than
+            the window is not smoothed. The padded modes need every side of the coarsest level
+            to fit the window.
+        data_range, size_average, win_size, win_sigma, win, K, padding, window, reduction,
+        check_finite: as in :func:`ssim`.
+        weights: per-level exponents (list, tuple or tensor); default the 5 weights of Wang et al. 2003.
+
+    Returns:
+        Scalar, or (N,) with ``size_average=False`` / ``reduction="none"``, dtype as in :func:`ssim`.
+    """
+    a = _sa.parse(X, Y, data_range, win_size, win_sigma, win, K, padding, window, check_finite)
+    weights = _ms_ssim_levels(a, weights)
     pool = _torch.nn.functional.avg_pool2d if a.X.dim() == 4 else _torch.nn.functional.avg_pool3d
-    x, y = a.X, a.Y
-    mcs = []
-    for i in range(levels):
-        s, cs, _ = _per_channel(a._replace(X=x, Y=y), float(data_range), K)
-        if i < levels - 1:
-            mcs.append(_torch.relu(cs))
-            pad = [d % 2 for d in x.shape[2:]]
-            x = pool(x, kernel_size=2, padding=pad)
-            y = pool(y, kernel_size=2, padding=pad)
-    stack = _torch.stack(mcs + [_torch.relu(s)], dim=0)  # (levels, N, C)
-    w = _torch.tensor(weights, dtype=stack.dtype, device=stack.device).view(-1, 1, 1)
-    per_image = _torch.prod(stack**w, dim=0).mean(1)
-    return _reduce(per_image, size_average, reduction).to(a.X.dtype)
+    acc = _sa.acc_dtype(a.X.dtype)
+    level, value = a, None
+    for i, w in enumerate(weights):
+        s, cs, _ = _per_channel(level)
+        term = _torch.relu(s if i == len(weights) - 1 else cs) ** w   # (N, C)
+        value = term if value is None else value * term
+        if i < len(weights) - 1:
+            pad = [d % 2 for d in level.X.shape[2:]]
+            x = pool(level.X.to(acc), kernel_size=2, padding=pad)
+            y = pool(level.Y.to(acc), kernel_size=2, padding=pad)
+            skip = _sa.skipped_sides(x, a.win_size, "valid") if a.window is None else a.skip
+            level = level._replace(X=x, Y=y, skip=skip)
+    return _reduce(value.mean(1), size_average, reduction).to(a.out_dtype)
 
 
 def ssim_map(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, win_size: int = 11, win_sigma: float = 1.5,
              win: _Optional[_torch.Tensor] = None, K: _Sequence[float] = (0.01, 0.03), *, padding: str = "valid",
-             window: str = "gaussian") -> _torch.Tensor:
+             window: str = "gaussian", check_finite=None) -> _torch.Tensor:
     """The full SSIM map (per-pixel anomaly maps), differentiable w.r.t. X and Y.
 
     Args:
-        X, Y: images (N, C, H, W); same rules as :func:`ssim` (4-d with one window only).
-        data_range, win_size, win_sigma, win, K, padding, window: as in :func:`ssim`.
+        X, Y: images (N, C, H, W) or volumes (N, C, D, H, W); same rules as :func:`ssim`.
+        data_range, win_size, win_sigma, win, K, padding, window, check_finite: as in :func:`ssim`.
 
     Returns:
-        (N, C, Ho, Wo) in the dtype of X: Ho = H - win_size + 1 for "valid", H otherwise (same for W).
+        (N, C, *out) in the dtype :func:`ssim` returns: each spatial side is ``S - win_size + 1``
+        for "valid" (``S`` where that side is not smoothed), ``S`` otherwise.
     """
-    a = _ssim_args(X, Y, data_range, win_size, win_sigma, win, K, padding, window)
+    a = _sa.parse(X, Y, data_range, win_size, win_sigma, win, K, padding, window, check_finite)
     if a.window is None:
-        raise ValueError("ssim_map takes 4-d X, Y and one window for all channels (win must not differ per channel)")
-    return _torch.ops.pyaeplus.ssim_stats(a.X, a.Y, a.window, a.c1, a.c2, a.padding, True)[3].to(a.X.dtype)
+        return _ssim_ref.ssim_general(a.X, a.Y, a.win_nd, a.c1, a.c2, a.padding, a.skip, True)[2].to(a.out_dtype)
+    return _torch.ops.pyaeplus.ssim_stats(a.X, a.Y, a.window, a.c1, a.c2, a.padding, True)[3].to(a.out_dtype)
 
 
 def ssim_loss(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 1.0, win_size: int = 11,
               win_sigma: float = 1.5, win: _Optional[_torch.Tensor] = None, K: _Sequence[float] = (0.01, 0.03), *,
-              padding: str = "valid", window: str = "gaussian", reduction: str = "mean") -> _torch.Tensor:
+              padding: str = "valid", window: str = "gaussian", reduction: str = "mean",
+              check_finite=None) -> _torch.Tensor:
     """``1 - SSIM(X, Y)`` as a training loss (defaults for images in [0, 1]).
 
     Args: as :func:`ssim`; ``reduction`` "mean" | "sum" | "none" (N,).
 
     Returns:
-        Scalar, or (N,) for ``reduction="none"``, in the dtype of X.
+        Scalar, or (N,) for ``reduction="none"``, dtype as in :func:`ssim` (float32 under autocast).
     """
-    a = _ssim_args(X, Y, data_range, win_size, win_sigma, win, K, padding, window)
-    s, _, _ = _per_channel(a, float(data_range), K)
-    return _reduce(1 - s.mean(1), True, reduction).to(a.X.dtype)
+    a = _sa.parse(X, Y, data_range, win_size, win_sigma, win, K, padding, window, check_finite)
+    s, _, _ = _per_channel(a)
+    return _reduce(1 - s.mean(1), True, reduction).to(a.out_dtype)
 
 
 def l1_ssim_loss(X: _torch.Tensor, Y: _torch.Tensor, alpha: float = 0.84, data_range: float = 1.0,
                  win_size: int = 11, win_sigma: float = 1.5, win: _Optional[_torch.Tensor] = None,
                  K: _Sequence[float] = (0.01, 0.03), *, padding: str = "valid", window: str = "gaussian",
-                 reduction: str = "mean") -> _torch.Tensor:
+                 reduction: str = "mean", check_finite=None) -> _torch.Tensor:
     """``(1 - alpha) * L1 + alpha * (1 - SSIM)`` (Zhao et al., "Loss Functions for Image
     Restoration with Neural Networks"), with L1 the mean |X - Y| over all pixels of an image,
     computed in the same kernel pass as SSIM.
@@ -569,16 +523,16 @@ def l1_ssim_loss(X: _torch.Tensor, Y: _torch.Tensor, alpha: float = 0.84, data_r
         others: as :func:`ssim_loss`.
 
     Returns:
-        Scalar, or (N,) for ``reduction="none"``, in the dtype of X.
+        Scalar, or (N,) for ``reduction="none"``, dtype as in :func:`ssim` (float32 under autocast).
     """
     alpha = _v.number("alpha", alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    a = _ssim_args(X, Y, data_range, win_size, win_sigma, win, K, padding, window)
-    s, _, l1 = _per_channel(a, float(data_range), K)
+    a = _sa.parse(X, Y, data_range, win_size, win_sigma, win, K, padding, window, check_finite)
+    s, _, l1 = _per_channel(a, want_l1=True)
     n_pix = a.X[0].numel()
     per_image = (1 - alpha) * l1.sum(1) / n_pix + alpha * (1 - s.mean(1))
-    return _reduce(per_image, True, reduction).to(a.X.dtype)
+    return _reduce(per_image, True, reduction).to(a.out_dtype)
 
 
 __all__ += ["ssim", "ms_ssim", "ssim_map", "ssim_loss", "l1_ssim_loss"]
@@ -590,7 +544,7 @@ __all__ += ["ssim", "ms_ssim", "ssim_map", "ssim_loss", "l1_ssim_loss"]
 _LAP_REDUCTIONS = {"none": _ops_lap.RED_NONE, "sum": _ops_lap.RED_SUM, "mean": _ops_lap.RED_MEAN}
 
 
-def laplacian_loss(z, graph, *, normalization=None, reduction="sum"):
+def laplacian_loss(z, graph, *, normalization=None, reduction="sum", check_finite=None):
     """Graph-Laplacian regularizer over a weighted graph, loss and gradient in one fused pass.
 
     ``L = sum_i sum_{j in row i} W_ij ||z_i - z_j||^2`` over the CSR as given. A symmetric graph
@@ -615,9 +569,13 @@ def laplacian_loss(z, graph, *, normalization=None, reduction="sum"):
             ``graph.nnz``) or ``"none"``: (N,) per-node losses where each edge term is split
             equally between its endpoints (for a symmetric graph: node i's row sum), summing to
             the ``"sum"`` loss.
+        check_finite: None (``pyaeplus.config.check_finite``; by default no data is read and NaN
+            in ``z`` propagates to the loss), True (ValueError on NaN/Inf in ``z``) or False.
 
     Returns:
-        Scalar (``"sum"``/``"mean"``) or (N,) (``"none"``) tensor, float32 (float64 for float64 ``z``).
+        Scalar (``"sum"``/``"mean"``) or (N,) (``"none"``) tensor, float32 (float64 for float64
+        ``z``): a loss accumulated in float32 whatever ``z``'s dtype (bfloat16 latents from an
+        autocast encoder included); its gradient comes back in ``z``'s dtype.
     """
     _v.tensor("z", z, ndim=2)
     if not isinstance(graph, _Graph):
@@ -630,7 +588,7 @@ def laplacian_loss(z, graph, *, normalization=None, reduction="sum"):
         raise ValueError(f"graph has {graph.num_nodes} nodes but z has {z.shape[0]} rows; they must match")
     if graph.device != z.device:
         raise ValueError(f"graph is on {graph.device} but z is on {z.device}; move it with graph.to(z.device)")
-    _v.finite("z", z)
+    _v.finite("z", z, check_finite)
     indptr, indices, weights, scale = graph._grad_csr(normalization)
     need_grad = z.requires_grad and _torch.is_grad_enabled()
     loss, _ = _ops_lap.laplacian_loss(z, indptr, indices, weights, scale, red, float(max(graph.nnz, 1)), need_grad)

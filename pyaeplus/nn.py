@@ -8,8 +8,9 @@ from typing import List as _List, Optional as _Optional, Sequence as _Sequence
 
 import torch as _torch
 
+from . import _ssim_args as _sa
+from . import _validate as _v
 from . import functional as _F
-from .reference import ssim as _ssim_ref
 
 __all__: list[str] = []
 
@@ -32,7 +33,7 @@ class TopK(_torch.nn.Module):
         sparse_format: ``"coo"`` or ``"csr"`` for ``batch=True, output="sparse"``.
     """
 
-    def __init__(self, k: int, relu: bool = False, output: str = "dense", k_eval=None, alpha=None,
+    def __init__(self, k: int, *, relu: bool = False, output: str = "dense", k_eval=None, alpha=None,
                  batch: bool = False, sparse_format: str = "coo"):
         super().__init__()
         self.k, self.relu, self.output = k, relu, output
@@ -82,7 +83,7 @@ class SparseDecoder(_torch.nn.Module):
         ``pyaeplus.topk_activation(x, k, output="sparse")``.
     """
 
-    def __init__(self, num_latents: int, out_features: int, bias: bool = True, device=None, dtype=None):
+    def __init__(self, num_latents: int, out_features: int, *, bias: bool = True, device=None, dtype=None):
         super().__init__()
         self.num_latents = int(num_latents)
         self.out_features = int(out_features)
@@ -179,21 +180,55 @@ class TopKEncoder(_torch.nn.Module):
 # ---- SSIM / MS-SSIM ---------------------------------------------------------------------
 
 
+def _check_flag(name: str, v) -> None:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be a bool, got {type(v).__name__} {v!r}")
+
+
+def _check_reduction(reduction, allow_none: bool) -> None:
+    options = ("mean", "sum", "none")
+    if not (reduction is None and allow_none) and reduction not in options:
+        raise ValueError(f"reduction must be one of {options}{' or None' if allow_none else ''}, got {reduction!r}")
+
+
+def _check_ssim_options(data_range, win_size, win_sigma, K, padding, window) -> None:
+    """The constructor-time checks of every SSIM module (the same rules as the functions, so
+    that a bad option fails where it is written, not at the first forward)."""
+    _sa.constants(data_range, K)
+    _sa.window_options(win_size, win_sigma, window)
+    _v.choice("padding", padding, _sa.PADDINGS)
+
+
+def _check_weights(weights) -> None:
+    if weights is None:
+        return
+    if isinstance(weights, _torch.Tensor):
+        weights = weights.tolist()
+    if not isinstance(weights, (list, tuple)) or len(weights) < 1:
+        raise TypeError(f"weights must be a non-empty list of level weights, got {weights!r}")
+    for i, w in enumerate(weights):
+        _v.number(f"weights[{i}]", w)
+
+
 class _SSIMBase(_torch.nn.Module):
     def __init__(self, data_range, win_size, win_sigma, channel, spatial_dims, K, padding, window):
         super().__init__()
-        if spatial_dims not in (2, 3):
+        if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
         if isinstance(channel, bool) or not isinstance(channel, int) or channel < 1:
             raise ValueError(f"channel must be a positive int, got {channel!r}")
+        _check_ssim_options(data_range, win_size, win_sigma, K, padding, window)
         self.data_range, self.win_size, self.win_sigma = data_range, win_size, win_sigma
         self.channel, self.spatial_dims, self.K = channel, spatial_dims, K
         self.padding, self.window = padding, window
-        # pytorch-msssim keeps the taps as .win (C, 1, [1,] 1, K); kept for code that reads it.
-        taps = _ssim_ref.gaussian_window(win_size, win_sigma) if window == "gaussian" else \
-            _ssim_ref.uniform_window(win_size)
-        self.win = taps.reshape((1, 1) + (1,) * (spatial_dims - 1) + (win_size,)).repeat(
-            (channel, 1) + (1,) * spatial_dims)
+
+    @property
+    def win(self) -> _torch.Tensor:
+        """The taps in pytorch-msssim's layout (channel, 1, [1,] 1, win_size), for code that reads
+        ``.win``; forward builds (and caches) its own on the input's device."""
+        taps = _sa.taps(self.window, self.win_size, float(self.win_sigma), _torch.device("cpu"), _torch.float32)
+        return taps.reshape((1, 1) + (1,) * (self.spatial_dims - 1) + (self.win_size,)).repeat(
+            (self.channel, 1) + (1,) * self.spatial_dims)
 
     def _check(self, X: _torch.Tensor) -> None:
         if isinstance(X, _torch.Tensor) and X.dim() >= 2 and X.shape[1] != self.channel:
@@ -207,19 +242,22 @@ class _SSIMBase(_torch.nn.Module):
 class SSIM(_SSIMBase):
     """Module form of :func:`pyaeplus.ssim`; a drop-in for ``pytorch_msssim.SSIM`` (same
     constructor arguments and defaults, plus ``padding``, ``window`` and ``reduction``).
-    ``channel`` is checked against the inputs' channel count."""
+    Every argument is checked here; ``channel`` is checked against the inputs' channel count."""
 
     def __init__(self, data_range: float = 255, size_average: bool = True, win_size: int = 11,
                  win_sigma: float = 1.5, channel: int = 3, spatial_dims: int = 2,
                  K: _Sequence[float] = (0.01, 0.03), nonnegative_ssim: bool = False, *, padding: str = "valid",
                  window: str = "gaussian", reduction: _Optional[str] = None) -> None:
         super().__init__(data_range, win_size, win_sigma, channel, spatial_dims, K, padding, window)
+        _check_flag("size_average", size_average)
+        _check_flag("nonnegative_ssim", nonnegative_ssim)
+        _check_reduction(reduction, allow_none=True)
         self.size_average, self.nonnegative_ssim, self.reduction = size_average, nonnegative_ssim, reduction
 
     def forward(self, X: _torch.Tensor, Y: _torch.Tensor) -> _torch.Tensor:
         self._check(X)
         return _F.ssim(X, Y, size_average=self.size_average, nonnegative_ssim=self.nonnegative_ssim,
-                        reduction=self.reduction, **self._kw())
+                       reduction=self.reduction, **self._kw())
 
 
 class MS_SSIM(_SSIMBase):
@@ -230,44 +268,76 @@ class MS_SSIM(_SSIMBase):
                  weights: _Optional[_List[float]] = None, K: _Sequence[float] = (0.01, 0.03), *,
                  padding: str = "valid", window: str = "gaussian", reduction: _Optional[str] = None) -> None:
         super().__init__(data_range, win_size, win_sigma, channel, spatial_dims, K, padding, window)
+        _check_flag("size_average", size_average)
+        _check_weights(weights)
+        _check_reduction(reduction, allow_none=True)
         self.size_average, self.weights, self.reduction = size_average, weights, reduction
 
     def forward(self, X: _torch.Tensor, Y: _torch.Tensor) -> _torch.Tensor:
         self._check(X)
         return _F.ms_ssim(X, Y, size_average=self.size_average, weights=self.weights, reduction=self.reduction,
-                           **self._kw())
+                          **self._kw())
 
 
-class SSIMLoss(_torch.nn.Module):
-    """``1 - SSIM(X, Y)`` (:func:`pyaeplus.functional.ssim_loss`); defaults for images in [0, 1]."""
-
-    def __init__(self, data_range: float = 1.0, win_size: int = 11, win_sigma: float = 1.5,
-                 K: _Sequence[float] = (0.01, 0.03), *, padding: str = "valid", window: str = "gaussian",
-                 reduction: str = "mean") -> None:
+class _SSIMLossBase(_torch.nn.Module):
+    def __init__(self, data_range, win_size, win_sigma, K, padding, window, reduction, **extra):
         super().__init__()
-        self.kw = dict(data_range=data_range, win_size=win_size, win_sigma=win_sigma, K=K, padding=padding,
+        _check_ssim_options(data_range, win_size, win_sigma, K, padding, window)
+        _check_reduction(reduction, allow_none=False)
+        self.kw = dict(extra, data_range=data_range, win_size=win_size, win_sigma=win_sigma, K=K, padding=padding,
                        window=window, reduction=reduction)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.kw.items())
+
+
+class SSIMLoss(_SSIMLossBase):
+    """``1 - SSIM(X, Y)`` (:func:`pyaeplus.functional.ssim_loss`); defaults for images in [0, 1].
+
+    Options are keyword-only: ``SSIMLoss(5)`` is a TypeError (kornia's and piq's first argument
+    is the window size, pytorch-msssim's the data range). Under ``torch.autocast`` the loss is
+    float32 (autocast's float32-list losses do the same)."""
+
+    def __init__(self, *, data_range: float = 1.0, win_size: int = 11, win_sigma: float = 1.5,
+                 K: _Sequence[float] = (0.01, 0.03), padding: str = "valid", window: str = "gaussian",
+                 reduction: str = "mean") -> None:
+        super().__init__(data_range, win_size, win_sigma, K, padding, window, reduction)
 
     def forward(self, X: _torch.Tensor, Y: _torch.Tensor) -> _torch.Tensor:
         return _F.ssim_loss(X, Y, **self.kw)
 
 
-class L1SSIMLoss(_torch.nn.Module):
-    """``(1 - alpha) * L1 + alpha * (1 - SSIM)`` from one kernel pass
-    (:func:`pyaeplus.functional.l1_ssim_loss`)."""
+class MS_SSIMLoss(_SSIMLossBase):
+    """``1 - MS-SSIM(X, Y)`` (:func:`pyaeplus.ms_ssim`); defaults for images in [0, 1]; options
+    keyword-only, ``weights`` as in :func:`pyaeplus.ms_ssim`."""
 
-    def __init__(self, alpha: float = 0.84, data_range: float = 1.0, win_size: int = 11, win_sigma: float = 1.5,
-                 K: _Sequence[float] = (0.01, 0.03), *, padding: str = "valid", window: str = "gaussian",
-                 reduction: str = "mean") -> None:
-        super().__init__()
-        self.kw = dict(alpha=alpha, data_range=data_range, win_size=win_size, win_sigma=win_sigma, K=K,
-                       padding=padding, window=window, reduction=reduction)
+    def __init__(self, *, data_range: float = 1.0, win_size: int = 11, win_sigma: float = 1.5,
+                 weights: _Optional[_List[float]] = None, K: _Sequence[float] = (0.01, 0.03),
+                 padding: str = "valid", window: str = "gaussian", reduction: str = "mean") -> None:
+        _check_weights(weights)
+        super().__init__(data_range, win_size, win_sigma, K, padding, window, reduction, weights=weights)
+
+    def forward(self, X: _torch.Tensor, Y: _torch.Tensor) -> _torch.Tensor:
+        return 1 - _F.ms_ssim(X, Y, **self.kw)
+
+
+class L1SSIMLoss(_SSIMLossBase):
+    """``(1 - alpha) * L1 + alpha * (1 - SSIM)`` from one kernel pass
+    (:func:`pyaeplus.functional.l1_ssim_loss`); options keyword-only."""
+
+    def __init__(self, *, alpha: float = 0.84, data_range: float = 1.0, win_size: int = 11,
+                 win_sigma: float = 1.5, K: _Sequence[float] = (0.01, 0.03), padding: str = "valid",
+                 window: str = "gaussian", reduction: str = "mean") -> None:
+        alpha = _v.number("alpha", alpha)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        super().__init__(data_range, win_size, win_sigma, K, padding, window, reduction, alpha=alpha)
 
     def forward(self, X: _torch.Tensor, Y: _torch.Tensor) -> _torch.Tensor:
         return _F.l1_ssim_loss(X, Y, **self.kw)
 
 
-__all__ += ["SSIM", "MS_SSIM", "SSIMLoss", "L1SSIMLoss"]
+__all__ += ["SSIM", "MS_SSIM", "SSIMLoss", "MS_SSIMLoss", "L1SSIMLoss"]
 
 
 # ---- graph-Laplacian regularization ------------------------------------------------------
@@ -286,7 +356,7 @@ class LaplacianRegularizer(_torch.nn.Module):
     ``reduction="none"``.
     """
 
-    def __init__(self, lam: float = 1.0, normalization=None, reduction: str = "sum"):
+    def __init__(self, *, lam: float = 1.0, normalization=None, reduction: str = "sum"):
         super().__init__()
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0 or lam == float("inf"):
             raise ValueError(f"lam must be a finite float >= 0, got {lam!r}")

@@ -96,3 +96,13 @@ def run_example(data_root, tmp_path):
         mod = _load_example(script)
         return mod.main(["--data", str(data_root), "--out", str(tmp_path), "--no-progress", *argv])
     return run
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models and ops run faster than with two, and far faster when
+    the machine is shared (OpenMP threads spin-waiting on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

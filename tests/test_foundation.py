@@ -113,9 +113,12 @@ def test_validation_messages_name_the_argument():
     with pytest.raises(ValueError, match="x must not be empty"):
         _validate.tensor("x", torch.zeros(0, 3))
     with pytest.raises(ValueError, match="y contains 1 NaN and 1 Inf"):
-        _validate.finite("y", torch.tensor([0.0, float("nan"), float("inf")]))
+        _validate.finite("y", torch.tensor([0.0, float("nan"), float("inf")]), check_finite=True)
+    with pyaeplus.config.checks(True), pytest.raises(ValueError, match="y contains 1 NaN"):
+        _validate.finite("y", torch.tensor([float("nan")]))
+    _validate.finite("y", torch.tensor([float("nan")]))  # default "auto": reads no data
     with pyaeplus.config.checks(False):
-        _validate.finite("y", torch.tensor([float("nan")]))  # off: no error
+        _validate.finite("y", torch.tensor([float("nan")]), check_finite=None)  # off: no error
     with pytest.raises(TypeError, match="k must be an int"):
         _validate.integer("k", 2.0)
     with pytest.raises(TypeError, match="k must be an int"):
@@ -141,12 +144,12 @@ def test_finite_check_catches_every_nonfinite(dtype, bad):
     t = torch.ones(1001, dtype=dtype)
     t[537] = bad
     with pytest.raises(ValueError, match="x contains"):
-        _validate.finite("x", t)
+        _validate.finite("x", t, check_finite=True)
 
 
 def test_finite_check_passes_finite_values_whose_sum_overflows():
     # the fast path's sum overflows to inf; the exact check must still accept the tensor
-    _validate.finite("x", torch.full((16,), 3e38))
-    _validate.finite("x", torch.full((4096,), 60000.0, dtype=torch.float16))
+    _validate.finite_now("x", torch.full((16,), 3e38))
+    _validate.finite_now("x", torch.full((4096,), 60000.0, dtype=torch.float16))
     with pytest.raises(ValueError, match="1 NaN and 1 Inf"):
-        _validate.finite("x", torch.tensor([3e38, 3e38, float("inf"), float("nan")]))
+        _validate.finite_now("x", torch.tensor([3e38, 3e38, float("inf"), float("nan")]))

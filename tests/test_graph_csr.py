@@ -287,7 +287,7 @@ def test_sampled_batches_train_with_the_regularizer():
     x = torch.randn(400, 6, generator=torch.Generator().manual_seed(13))
     g = Graph.from_knn(knn_of(x, 5))
     enc = torch.nn.Linear(6, 3)
-    reg = pyaeplus.nn.LaplacianRegularizer(0.5, normalization="sym")
+    reg = pyaeplus.nn.LaplacianRegularizer(lam=0.5, normalization="sym")
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.arange(400)),
                                          batch_sampler=NeighborBatchSampler(g, 64, neighbors=4, seed=0))
     for xb, idx in loader:

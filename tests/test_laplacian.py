@@ -203,13 +203,13 @@ def test_torch_compile_fullgraph():
 def test_module():
     g = random_graph(19, 3, symmetric=True)
     z = torch.randn(19, 4, requires_grad=True)
-    m = pyaeplus.nn.LaplacianRegularizer(0.25, normalization="rw", reduction="mean")
+    m = pyaeplus.nn.LaplacianRegularizer(lam=0.25, normalization="rw", reduction="mean")
     torch.testing.assert_close(m(z, g), 0.25 * pyaeplus.laplacian_loss(z, g, normalization="rw", reduction="mean"))
     assert "rw" in repr(m)
     with pytest.raises(ValueError, match="lam"):
-        pyaeplus.nn.LaplacianRegularizer(-1.0)
+        pyaeplus.nn.LaplacianRegularizer(lam=-1.0)
     with pytest.raises(ValueError, match="normalization"):
-        pyaeplus.nn.LaplacianRegularizer(1.0, normalization="l2")
+        pyaeplus.nn.LaplacianRegularizer(lam=1.0, normalization="l2")
 
 
 def test_bad_input():
@@ -224,9 +224,10 @@ def test_bad_input():
     bad = z.clone()
     bad[3, 1] = float("nan")
     with pytest.raises(ValueError, match="z contains 1 NaN"):
-        pyaeplus.laplacian_loss(bad, g)
+        pyaeplus.laplacian_loss(bad, g, check_finite=True)
+    assert torch.isnan(pyaeplus.laplacian_loss(bad, g))       # default "auto": NaN reaches the loss
     bad[3, 1] = float("inf")
-    with pytest.raises(ValueError, match="Inf"):
+    with pyaeplus.config.checks(True), pytest.raises(ValueError, match="Inf"):
         pyaeplus.laplacian_loss(bad, g)
     with pytest.raises(ValueError, match="graph has 10 nodes"):
         pyaeplus.laplacian_loss(torch.randn(11, 4), g)

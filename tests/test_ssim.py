@@ -361,12 +361,12 @@ def test_bad_input():
     x, y = _pair((2, 3, 32, 32))
     _raises(ValueError, "same shape", lambda: pyaeplus.ssim(x, y[:, :2]))
     _raises(ValueError, "4-d", lambda: pyaeplus.ssim(x[0], y[0]))
-    _raises(TypeError, "same dtype", lambda: pyaeplus.ssim(x, y.double()))
     _raises(TypeError, "X must have dtype", lambda: pyaeplus.ssim((x * 255).to(torch.uint8), (y * 255).to(torch.uint8)))
     _raises(TypeError, "X must be a torch.Tensor", lambda: pyaeplus.ssim(x.numpy(), y))
     _raises(ValueError, "win_size must be odd", lambda: pyaeplus.ssim(x, y, win_size=8))
     _raises(ValueError, "win_size must be odd", lambda: pyaeplus.ssim(x, y, win_size=1))
-    _raises(ValueError, "win_size 33 is larger", lambda: pyaeplus.ssim(x, y, win_size=33))
+    _raises(ValueError, "win_size 33 is larger", lambda: pyaeplus.ssim(x, y, win_size=33, padding="reflect"))
+    _raises(ValueError, "win_size must be <= 32767", lambda: pyaeplus.ssim(x, y, win_size=2**31 - 1))
     _raises(TypeError, "win_size must be an int", lambda: pyaeplus.ssim(x, y, win_size=7.0))
     _raises(ValueError, "win_sigma must be > 0", lambda: pyaeplus.ssim(x, y, win_sigma=0))
     _raises(ValueError, "data_range must be > 0", lambda: pyaeplus.ssim(x, y, data_range=-1))
@@ -375,7 +375,8 @@ def test_bad_input():
     _raises(ValueError, "window must be one of", lambda: pyaeplus.ssim(x, y, window="box"))
     _raises(ValueError, "reduction must be one of", lambda: pyaeplus.ssim(x, y, reduction="avg"))
     _raises(TypeError, "K must be a pair", lambda: pyaeplus.ssim(x, y, K=0.01))
-    _raises(ValueError, "K\\[1\\] must be >= 0", lambda: pyaeplus.ssim(x, y, K=(0.01, -0.03)))
+    _raises(ValueError, "K\\[1\\] must be > 0", lambda: pyaeplus.ssim(x, y, K=(0.01, -0.03)))
+    _raises(ValueError, "K\\[0\\] must be > 0.*flat regions", lambda: pyaeplus.ssim(x, y, K=(0, 0)))
     _raises(ValueError, "alpha must be in", lambda: pyaeplus.l1_ssim_loss(x, y, alpha=1.5))
     _raises(ValueError, "smaller side > 160", lambda: pyaeplus.ms_ssim(x, y))
     _raises(ValueError, "win must have an odd length", lambda: pyaeplus.ssim(x, y, win=torch.ones(3, 1, 1, 4) / 4))
@@ -384,12 +385,15 @@ def test_bad_input():
     _raises(ValueError, "channel=1", lambda: pyaeplus.nn.SSIM(channel=1)(x, y))
     xn = x.clone()
     xn[0, 1, 2, 3] = float("nan")
-    _raises(ValueError, "X contains 1 NaN", lambda: pyaeplus.ssim(xn, y))
+    _raises(ValueError, "X contains 1 NaN", lambda: pyaeplus.ssim(xn, y, check_finite=True))
     yi = y.clone()
     yi[1, 0, 0, 0] = float("inf")
-    _raises(ValueError, "Y contains 0 NaN and 1 Inf", lambda: pyaeplus.ssim_map(x, yi))
-    with pyaeplus.config.checks(False):  # documented policy: NaN propagates when checks are off
-        assert torch.isnan(pyaeplus.ssim(xn, y))
+    with pyaeplus.config.checks(True):
+        _raises(ValueError, "Y contains 0 NaN and 1 Inf", lambda: pyaeplus.ssim_map(x, yi))
+    # documented policy: NaN propagates by default ("auto" reads no data) and when checks are off
+    assert torch.isnan(pyaeplus.ssim(xn, y))
+    with pyaeplus.config.checks(False):
+        assert torch.isnan(pyaeplus.ssim(xn, y, reduction="none")[0])
     if torch.cuda.is_available():
         _raises(ValueError, "Y is on", lambda: pyaeplus.ssim(x, y.cuda()))
 

@@ -80,7 +80,10 @@ def test_nan_policy():
     nan, inf = float("nan"), float("inf")
     x = torch.tensor([[1.0, nan, inf, -nan, 3.0, -inf, 2.0]])
     with pytest.raises(ValueError, match="x contains 2 NaN"):
+        F.topk_activation(x, 2, check_finite=True)
+    with config.checks(True), pytest.raises(ValueError, match="x contains 2 NaN"):
         F.topk_activation(x, 2)
+    assert torch.equal(F.topk_activation(x, 3, output="sparse").indices, ref.select(x, 3))  # "auto": no read
     with config.checks(False):
         for k in range(1, 8):
             vals, idx = F.topk_activation(x, k, output="sparse")
@@ -320,7 +323,7 @@ def test_batch_topk_gradients():
     (lambda x: F.topk_activation(x.numpy(), 1), TypeError, "x must be a torch.Tensor"),
     (lambda x: F.topk_activation(torch.empty(0, 11), 1), ValueError, "x must not be empty"),
     (lambda x: F.topk_activation(torch.empty(3, 0), 1), ValueError, "x must not be empty"),
-    (lambda x: F.topk_activation(x.index_fill(1, torch.tensor([4]), float("nan")), 1), ValueError,
+    (lambda x: F.topk_activation(x.index_fill(1, torch.tensor([4]), float("nan")), 1, check_finite=True), ValueError,
      "x contains 3 NaN"),
     (lambda x: F.topk_activation(x, 2, output="coo"), ValueError, "output must be one of"),
     (lambda x: F.topk_activation(x, 2, batch=True, output="sparse", sparse_format="csc"), ValueError,

@@ -28,7 +28,7 @@ Training-loop hooks a model may define (``pyaeplus.train.fit`` calls them when p
 
 Reconstruction losses are chosen by name (``RECON_LOSSES``): ``mse``, ``mae``, ``bce`` (from
 logits when the output activation is a sigmoid), and the fused-kernel image losses ``ssim``,
-``ms_ssim``, ``l1_ssim`` (``pyaeplus.nn.SSIMLoss`` / ``MS_SSIM`` / ``L1SSIMLoss``, configured
+``ms_ssim``, ``l1_ssim`` (``pyaeplus.nn.SSIMLoss`` / ``MS_SSIMLoss`` / ``L1SSIMLoss``, configured
 with ``loss_options``).
 """
 

@@ -118,7 +118,7 @@ def _ssim_loss_module(loss: str, data_range: float, channels: int, options: dict
     """The fused SSIM-family modules of pyaeplus.nn, one value per image (reduction="none")."""
     from .. import nn as pnn
 
-    names = {"ssim": "SSIMLoss", "ms_ssim": "MS_SSIM", "l1_ssim": "L1SSIMLoss"}
+    names = {"ssim": "SSIMLoss", "ms_ssim": "MS_SSIMLoss", "l1_ssim": "L1SSIMLoss"}
     cls = getattr(pnn, names[loss], None)
     if cls is None:  # the SSIM kernels are not part of this build
         raise RuntimeError(f"loss={loss!r} needs pyaeplus.nn.{names[loss]}, which this pyaeplus does not provide")
@@ -228,10 +228,7 @@ class AutoEncoder(nn.Module):
         if loss in _IMAGE_LOSSES:
             mod = self.ssim_loss
             xi, oi = self._as_image(x), self._as_image(out)
-            err = mod(oi, xi)
-            if loss == "ms_ssim":  # MS_SSIM returns the similarity
-                err = 1.0 - err
-            return err.reshape(x.shape[0])
+            return mod(oi, xi).reshape(x.shape[0])
         x = x.reshape(out.shape) if x.shape != out.shape else x
         err = elementwise_error(loss, x, out, logits)
         return err.reshape(err.shape[0], -1).mean(1)

@@ -79,7 +79,7 @@ class LaplacianAE(AutoEncoder):
         if not isinstance(scale_invariant, bool):
             raise TypeError(f"scale_invariant must be a bool, got {type(scale_invariant).__name__}")
         self.scale_invariant = scale_invariant
-        self.regularizer = pnn.LaplacianRegularizer(self.lam, normalization=normalization, reduction=reduction)
+        self.regularizer = pnn.LaplacianRegularizer(lam=self.lam, normalization=normalization, reduction=reduction)
         self._config = dict(base=desc, lam=self.lam, normalization=normalization, reduction=reduction,
                             scale_invariant=scale_invariant)
         self.feature_shape, self.recon_loss = self.base.feature_shape, self.base.recon_loss

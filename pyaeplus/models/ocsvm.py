@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import _validate
+from .._amp import autocast_off
 from .base import AutoEncoder, as_model, dense_latent, register, split_batch
 
 
@@ -134,12 +135,17 @@ class DeepOCSVM(AutoEncoder):
         if not _validate._compiling() and not self._gamma_ready():
             raise RuntimeError("gamma='scale' is not resolved yet: train (the first batch sets it) or call "
                                "init_gamma(train_data)")
-        omega = self.omega.to(z.dtype) * torch.sqrt(2 * self.gamma).to(z.dtype)
-        return math.sqrt(2.0 / self.omega.shape[1]) * torch.cos(z @ omega + self.phase.to(z.dtype))
+        # float32 at least, autocast off: cos of a bfloat16 argument would lose the phase
+        dt = torch.promote_types(z.dtype, self.omega.dtype)
+        with autocast_off(z.device):
+            z = z.to(dt)
+            omega = self.omega.to(dt) * torch.sqrt(2 * self.gamma).to(dt)
+            return math.sqrt(2.0 / self.omega.shape[1]) * torch.cos(z @ omega + self.phase.to(dt))
 
     def _margin_from_latent(self, z: torch.Tensor) -> torch.Tensor:
         f = self.features(z)
-        return f @ self.w.to(f.dtype) - self.rho.to(f.dtype)
+        with autocast_off(f.device):
+            return f @ self.w.to(f.dtype) - self.rho.to(f.dtype)
 
     def margin(self, x: torch.Tensor) -> torch.Tensor:
         """Signed SVM margin ⟨w, φ(z)⟩ − ρ per sample (B,): negative outside the boundary."""

@@ -268,30 +268,38 @@ class SparseAE(AutoEncoder):
 
     def _auxk(self, xc: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """AuxK: normalized MSE of the residual's reconstruction by the top aux_k dead latents.
-        Their pre-activations come from the dead rows of the encoder only (``topk_encode`` on the
-        gathered rows): the work is B·dead·F, not a second full encoder pass."""
-        dead = self.dead_latents()
-        n_dead = int(dead.sum())
-        if self.aux_k == 0 or n_dead == 0:
+
+        Their pre-activations come from gathered encoder rows only (``topk_encode`` on them: the
+        work is B·m·F, not a second full encoder pass) for a fixed number ``m`` of candidates, the
+        latents silent the longest: a static shape, so no step reads the dead count on the host
+        (a data-dependent size would synchronise the device). Exact while at most ``m`` latents are
+        dead; live candidates get a bias so low that they are picked only when fewer than aux_k
+        are dead, and then ReLU zeroes them."""
+        if self.aux_k == 0:
             return xc.new_zeros((), dtype=torch.float32)
         from .. import functional as pF
 
-        rows = dead.nonzero().squeeze(1)                                   # (n_dead,) ascending
-        w, b = self.encoder.weight.index_select(0, rows), self.encoder.bias.index_select(0, rows)
-        v, i = pF.topk_encode(xc, w, b, min(self.aux_k, n_dead), relu=True)
+        m = min(self.latent, max(4 * self.aux_k, 256))
+        silent, rows = torch.topk(self.steps_since_active, m)               # (m,) the longest silent
+        dead = silent >= self.dead_steps
+        w = self.encoder.weight.index_select(0, rows)
+        b = self.encoder.bias.index_select(0, rows)
+        b = torch.where(dead, b, torch.full_like(b, torch.finfo(b.dtype).min / 4))
+        v, i = pF.topk_encode(xc, w, b, self.aux_k, relu=True)
         aux = self._sparse_decode(v, rows[i], bias=False).float()           # (B, F)
         residual = residual.float()
         num = (aux - residual).square().mean(1)
         den = residual.square().mean(1).clamp_min(torch.finfo(torch.float32).tiny)
-        return (num / den).mean()
+        return (num / den).mean() * dead.any()                              # 0 while none is dead
 
     @torch.no_grad()
     def _track_activity(self, codes) -> None:
         """Training bookkeeping: steps since each latent fired; BatchTopK's threshold average."""
         values, latents = codes[0], codes[-1]
-        fired = torch.zeros(self.latent, dtype=torch.bool, device=values.device)
-        fired[latents[values > 0]] = True
-        self.steps_since_active.add_(1).masked_fill_(fired, 0)
+        # counts by scatter (a boolean-mask index would synchronise the device)
+        fired = torch.zeros(self.latent, dtype=torch.int32, device=values.device).index_add_(
+            0, latents.reshape(-1), (values > 0).reshape(-1).to(torch.int32))
+        self.steps_since_active.add_(1).masked_fill_(fired > 0, 0)
         if self.batch_topk:  # no host sync: an empty batch of positives leaves the threshold alone
             pos = values > 0
             low = torch.where(pos, values, torch.full_like(values, float("inf"))).min().float()

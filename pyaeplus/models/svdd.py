@@ -149,6 +149,19 @@ class DeepSVDD(AutoEncoder):
         self.register_buffer("c", torch.zeros(rep_dim))
         self.register_buffer("R", torch.zeros(()))
         self.register_buffer("center_ready", torch.zeros((), dtype=torch.bool))
+        # host copy of center_ready (None: read the buffer once), so that a training step does not
+        # read a device buffer; a loaded state dict makes it unknown again
+        self._center_set: bool | None = False
+        self.register_load_state_dict_post_hook(DeepSVDD._forget_center_state)
+
+    @staticmethod
+    def _forget_center_state(module, incompatible_keys) -> None:
+        module._center_set = None
+
+    def _center_ready(self) -> bool:
+        if self._center_set is None:
+            self._center_set = bool(self.center_ready)
+        return self._center_set
 
     # ---- protocol -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,7 +192,7 @@ class DeepSVDD(AutoEncoder):
     def loss_terms(self, x: torch.Tensor):
         """(loss dict, φ(x))."""
         # (under torch.compile the centre is assumed set: the check would break the graph)
-        if not _validate._compiling() and not bool(self.center_ready):
+        if not _validate._compiling() and not self._center_ready():
             warnings.warn("DeepSVDD: the centre c was not initialised (call init_center(train_data) or train "
                           "with pyaeplus.train.fit, which calls on_train_begin); using this first batch",
                           RuntimeWarning, stacklevel=2)
@@ -251,6 +264,7 @@ class DeepSVDD(AutoEncoder):
         c = torch.where(small & (c >= 0), torch.full_like(c, eps), c)
         self.c.copy_(c)
         self.center_ready.fill_(True)
+        self._center_set = True
         return self.c.clone()
 
     @torch.no_grad()
@@ -277,7 +291,7 @@ class DeepSVDD(AutoEncoder):
     # ---- training-loop hooks --------------------------------------------------------------
     def on_train_begin(self, loader) -> None:
         """Hook: computes the centre from the training data unless it is already set."""
-        if not bool(self.center_ready):
+        if not self._center_ready():
             self.init_center(loader)
 
     def on_epoch_end(self, epoch: int, loader) -> None:
@@ -316,6 +330,7 @@ class DeepSVDD(AutoEncoder):
         if ae.net is not self.net:
             self.net.load_state_dict(ae.net.state_dict())
         self.center_ready.fill_(False)
+        self._center_set = False
 
 
 @register("deep_svdd_ae")

@@ -13,6 +13,7 @@ from typing import Callable, TypeVar
 import torch
 
 from .. import backends
+from .._amp import autocast_off
 
 T = TypeVar("T")
 
@@ -24,8 +25,11 @@ def run(op: str, device: torch.device, *, triton: Callable[[], T] | None = None,
     fn = {"triton": triton, "cuda": cuda, "cpu": cpu, "torch": torch_}[impl]
     if fn is None:
         raise RuntimeError(f"pyaeplus::{op} has no {impl!r} implementation")
-    if device.type == "cuda":
-        # Kernels launch on the current device; make it the inputs' device.
-        with torch.cuda.device(device):
-            return fn()
-    return fn()
+    # Below the op, inputs arrive in the dtypes the op was called with: autocast must not recast
+    # what the implementations compute (the torch reference's convolutions accumulate in float32).
+    with autocast_off(device):
+        if device.type == "cuda":
+            # Kernels launch on the current device; make it the inputs' device.
+            with torch.cuda.device(device):
+                return fn()
+        return fn()

@@ -1,12 +1,14 @@
 """Pure-PyTorch SSIM: the specification of ``pyaeplus::ssim_stats`` (and its backward, by
-autograd through it), plus the general per-channel-window / volumetric path used by the
-public API for inputs the kernels do not take (a ``win`` that differs across channels, 5-D).
+autograd through it), plus the general path used by the public API for inputs the kernels do
+not take (a ``win`` that differs across channels, 5-D volumes, a side shorter than the window).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .._amp import autocast_off
 
 _PAD_MODES = {1: "constant", 2: "reflect", 3: "replicate", 4: "circular"}
 
@@ -137,33 +139,56 @@ def ssim_stats_backward(grad_ssim, grad_cs, grad_l1, grad_map, x, y, window, c1,
     return dx.reshape(N, C, H, W).to(x.dtype), dy.reshape(N, C, H, W).to(y.dtype)
 
 
-# ---- the general path: per-channel windows (C, 1, [1,] 1, K) and 5-D inputs ---------------
+# ---- the general path: per-channel windows, 5-D inputs, skipped sides ----------------------
 
 
-def _gaussian_filter_nd(t: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
-    # t: [N, C, *spatial]; win: [C, 1, 1.., K] (pytorch-msssim's layout), valid correlation
-    # along every spatial dimension in turn.
-    conv = F.conv2d if t.dim() == 4 else F.conv3d
-    C = t.shape[1]
-    for i in range(t.dim() - 2):
-        t = conv(t, weight=win.transpose(2 + i, -1), groups=C)
-    return t
+def skip_message(shape, axis: int, win_size: int) -> str:
+    """pytorch-msssim's warning text for a side smaller than the window (``axis`` counts the
+    spatial dimensions from 0, the message from the tensor's dimension 2)."""
+    return (f"Skipping Gaussian Smoothing at dimension 2+{axis} for input: {torch.Size(shape)} and win size: "
+            f"{win_size}")
 
 
-def ssim_per_channel(X: torch.Tensor, Y: torch.Tensor, win: torch.Tensor, data_range: float,
-                     K: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ssim, cs), each (N, C): the mean SSIM and contrast-structure of every channel, valid
-    padding, for 4-D or 5-D inputs and a per-channel window ``win`` (C, 1, [1,] 1, K)."""
+def ssim_general(X: torch.Tensor, Y: torch.Tensor, win: torch.Tensor, c1: float, c2: float, padding: int,
+                 skip: tuple[bool, ...], want_map: bool = False):
+    """SSIM of 4-D (N, C, H, W) or 5-D (N, C, D, H, W) inputs with a per-channel window.
+
+    The filter runs along every spatial axis whose entry in ``skip`` is False (pytorch-msssim
+    skips the axes shorter than the window; only ``padding=0`` may skip), with ``padding`` as in
+    :func:`ssim_maps` (0 valid, 1 zeros, 2 reflect, 3 replicate, 4 circular) on every filtered
+    axis. The five statistics go through one grouped convolution per axis.
+
+    Args:
+        X, Y: same shape and dtype; computed in float32 (float64 for float64).
+        win: (C, 1, [1,] 1, K) taps, pytorch-msssim's layout (row c filters channel c).
+
+    Returns:
+        ``(ssim, cs, map)``: per-(image, channel) means (N, C) of the SSIM and contrast-structure
+        maps, and the SSIM map (N, C, *out) when ``want_map`` (else None).
+    """
+    with autocast_off(X.device):  # the convolutions accumulate in float32 under autocast too
+        return _ssim_general(X, Y, win, c1, c2, padding, skip, want_map)
+
+
+def _ssim_general(X, Y, win, c1, c2, padding, skip, want_map):
     acc = torch.float64 if X.dtype == torch.float64 else torch.float32
-    X, Y = X.to(acc), Y.to(acc)
-    win = win.to(X.device, acc)
-    c1 = (K[0] * data_range) ** 2
-    c2 = (K[1] * data_range) ** 2
-    mx = _gaussian_filter_nd(X, win)
-    my = _gaussian_filter_nd(Y, win)
-    sxx = _gaussian_filter_nd(X * X, win) - mx * mx
-    syy = _gaussian_filter_nd(Y * Y, win) - my * my
-    sxy = _gaussian_filter_nd(X * Y, win) - mx * my
+    N, C = X.shape[:2]
+    nd, K = X.dim() - 2, win.shape[-1]
+    xf, yf = X.to(acc), Y.to(acc)
+    t = torch.cat([xf, yf, xf * xf, yf * yf, xf * yf], dim=1)  # [N, 5C, *S]
+    w = win.to(device=X.device, dtype=acc).reshape((C, 1) + (1,) * (nd - 1) + (K,)).repeat(
+        (5,) + (1,) * (nd + 1))                                 # [5C, 1, 1.., K]
+    if padding != 0:
+        r = K // 2
+        t = F.pad(t, (r, r) * nd, mode=_PAD_MODES[padding])
+    conv = F.conv2d if nd == 2 else F.conv3d
+    for i in range(nd):
+        if not skip[i]:
+            t = conv(t, weight=w.transpose(2 + i, -1), groups=5 * C)
+    mx, my, exx, eyy, exy = t.chunk(5, dim=1)                   # each [N, C, *out]
+    sxx = exx - mx * mx
+    syy = eyy - my * my
+    sxy = exy - mx * my
     cs = (2 * sxy + c2) / (sxx + syy + c2)
-    s = (2 * mx * my + c1) / (mx * mx + my * my + c1) * cs
-    return s.flatten(2).mean(-1), cs.flatten(2).mean(-1)
+    smap = (2 * mx * my + c1) / (mx * mx + my * my + c1) * cs
+    return smap.flatten(2).mean(-1), cs.flatten(2).mean(-1), (smap if want_map else None)

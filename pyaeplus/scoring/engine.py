@@ -245,6 +245,14 @@ def _device(device) -> torch.device:
     return torch.device(device)
 
 
+def _use_amp(amp, cuda: bool) -> bool:
+    """bfloat16 autocast for scoring: True on CUDA only (slower than float32 on most CPUs), "bf16"
+    on any device, False never."""
+    if amp not in (True, False, None, "bf16", "bfloat16"):
+        raise ValueError(f"amp must be True, False or 'bf16', got {amp!r}")
+    return amp in ("bf16", "bfloat16") or (bool(amp) and cuda)
+
+
 def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batch_size: int = 256,
           device: str | torch.device = "auto", amp: bool = True, num_workers: int = 0, out=None,
           resume: bool = True, maps: bool = False, progress: bool = True, chunk_size: int | None = None,
@@ -262,7 +270,8 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
             Deep SVDD / VAE models), or ``callable(model, x) -> (B,)``.
         batch_size: rows per forward pass.
         device: ``"auto"`` (CUDA when present) or a device.
-        amp: bfloat16 autocast on CUDA (ignored on CPU).
+        amp: True: bfloat16 autocast on CUDA (off on the CPU, where it is slower); ``"bf16"``: on any device;
+            False: off. The scores are float32 either way.
         num_workers: DataLoader worker processes reading batches (pinned memory on CUDA).
         out: optional ``.npy``/``.csv``/``.parquet`` path. Chunks land in ``<out>.parts/`` with a JSON
             ledger; the final file is written atomically at the end and the parts removed.
@@ -361,7 +370,7 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
     loader = torch.utils.data.DataLoader(_Batches(ds, starts, batch_size, hi), batch_size=None, shuffle=False,
                                          num_workers=num_workers, pin_memory=cuda,
                                          persistent_workers=False, prefetch_factor=4 if num_workers else None)
-    use_amp = bool(amp) and cuda
+    use_amp = _use_amp(amp, cuda)
     t0, rows = time.perf_counter(), 0
     it = iter(loader)
     ci = 0
