@@ -117,6 +117,7 @@ def topk_activation(x: _torch.Tensor, k: int, *, relu: bool = False, output: str
         alpha = _v.number("alpha", alpha, positive=True)
     if k_eval is not None:
         _v.integer("k_eval", k_eval, lo=1, hi=D)
+    _v.not_meta("x", x)
     _v.finite("x", x)
     if not training:
         k = _topk_eval_k(k, D, k_eval, alpha)
@@ -201,6 +202,8 @@ def sparse_decode(values: _torch.Tensor, indices: _torch.Tensor, weight: _torch.
         raise ValueError(f"bias must have shape ({d_out},) to match weight {tuple(weight.shape)}, "
                          f"got {tuple(bias.shape)}")
     _v.same_device(values=values, indices=indices, weight=weight, bias=bias)
+    for name, t in (("values", values), ("indices", indices), ("weight", weight), ("bias", bias)):
+        _v.not_meta(name, t)
     _v.finite("values", values)
     _v.finite("weight", weight)
     if bias is not None:
@@ -524,6 +527,7 @@ def laplacian_loss(z, graph, *, normalization=None, reduction="sum"):
         raise ValueError(f"graph has {graph.num_nodes} nodes but z has {z.shape[0]} rows; they must match")
     if graph.device != z.device:
         raise ValueError(f"graph is on {graph.device} but z is on {z.device}; move it with graph.to(z.device)")
+    _v.not_meta("z", z)
     _v.finite("z", z)
     indptr, indices, weights, scale = graph._grad_csr(normalization)
     need_grad = z.requires_grad and _torch.is_grad_enabled()
