@@ -274,7 +274,8 @@ def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128
         min_delta: minimum decrease of the validation loss that counts as an improvement.
         restore_best: at the end of a run with validation, load the best epoch's weights.
         batch_sampler: a sampler yielding lists of indices per batch (e.g.
-            ``pyaeplus.graph.NeighborBatchSampler``); its ``set_epoch`` is called each epoch.
+            ``pyaeplus.graph.NeighborBatchSampler``); its ``set_epoch`` is called each epoch. Ids
+            must be integers in ``[0, len(train_data))`` (checked each epoch before its first step).
             Replaces ``batch_size``/``shuffle`` for training.
         shuffle: shuffle the training set each epoch (seeded by ``seed`` and the epoch).
         drop_last: drop the last incomplete batch.

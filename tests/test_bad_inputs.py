@@ -579,3 +579,41 @@ def test_exhaustive_op_perturbations():
     results = run_cases(_exhaustive_cases(), timeout=1800)
     bad = {n: r for n, r in results.items() if r[0] in ("fail", "crash")}
     assert not bad, "\n".join(f"{n}: {s}: {d}" for n, (s, d) in sorted(bad.items()))
+
+
+# ---- on a GPU: the kernels mask what they cannot check without a sync ---------------------------
+
+@pytest.mark.gpu
+def test_cuda_and_triton_kernels_mask_bad_indices():
+    import torch
+
+    import pyaeplus
+    from pyaeplus.reference import laplacian as R
+
+    dev = "cuda"
+    z = torch.randn(4, 3, device=dev)
+    ip = torch.tensor([0, 2, 3, 3, 5], device=dev)
+    ix = torch.tensor([1, 77, -2, 0, 3], device=dev)      # 77 and -2 out of range
+    w = torch.tensor([1.0, 5.0, 5.0, 2.0, 1.0], device=dev)
+    keep = (ix >= 0) & (ix < 4)
+    rows_ref, grad_ref = R.laplacian_rows_grad(z, torch.tensor([0, 1, 1, 1, 3], device=dev), ix[keep], w[keep],
+                                               None, None, 1.0, True, True)
+    idx = torch.tensor([[0, 5, -1], [99, 1, 2]], device=dev)
+    g = torch.randn(2, 3, device=dev)
+    want = torch.zeros(2, 8, device=dev)
+    want[0, 0], want[0, 5], want[1, 1], want[1, 2] = g[0, 0], g[0, 1], g[1, 1], g[1, 2]
+    for backend in [b for b in ("cuda", "triton") if pyaeplus.backends.available().get(b)]:
+        with pyaeplus.backends.use(backend):
+            rows, _ = torch.ops.pyaeplus.laplacian_loss(z, ip, ix, w, None, 0, 1.0, False)
+            loss, grad = torch.ops.pyaeplus.laplacian_loss(z, ip, ix, w, None, 1, 1.0, True)
+            out = torch.ops.pyaeplus.topk_sparse_backward(g, idx, None, 8)
+        torch.cuda.synchronize()
+        assert torch.allclose(rows, rows_ref, atol=1e-5), backend
+        assert torch.allclose(loss, rows_ref.sum(), atol=1e-4) and torch.allclose(grad, grad_ref, atol=1e-5), backend
+        assert torch.equal(out, want), backend
+    v, i, wt = torch.randn(4, 3), torch.randint(0, 8, (4, 3)), torch.randn(8, 5)
+    with pytest.raises(ValueError, match="is on"):
+        torch.ops.pyaeplus.sparse_decode(v.to(dev), i, wt.to(dev), None)
+    x = torch.rand(2, 1, 16, 16)
+    with pytest.raises(ValueError, match="is on"):
+        torch.ops.pyaeplus.ssim_stats(x.to(dev), x.to(dev), torch.ones(7) / 7, 1e-4, 9e-4, 1, False)

@@ -158,6 +158,15 @@ def test_scoring_sigkill_at_each_step_then_resume(tmp_path, ref, fault, monkeypa
     assert _leftovers(tmp_path) == [], "temporaries, lock or parts left after the resumed run"
 
 
+def test_leftovers_of_another_finished_job_are_discarded(tmp_path, ref):
+    out = tmp_path / "s.npy"
+    assert _child(_scoring_child, out, "after_complete", False) == -signal.SIGKILL
+    got = scoring.score(_model(), X, score="mae", batch_size=8, chunk_size=32, out=out, progress=False)
+    want = scoring.score(_model(), X, score="mae", batch_size=8, progress=False)
+    assert got.tobytes() == want.tobytes()
+    assert _leftovers(tmp_path) == []
+
+
 def _slow_scoring_child(out):
     torch.set_num_threads(1)
     _DELAY[0] = 0.05

@@ -145,12 +145,13 @@ class ScoreLedger:
             self._discard()
         complete = _read_json(self.parts / "COMPLETE")
         if complete is not None:
-            if complete.get("fingerprint") != self.fp:
-                raise self._mismatch(complete.get("fingerprint"))
-            if self.out.exists() and (not self.maps or self.maps_path.exists()):
+            # A finished job killed during its cleanup: this very job gets its final file back; the
+            # leftovers of another finished job are just removed (nothing in them can be reused).
+            if complete.get("fingerprint") == self.fp and self.out.exists() and (
+                    not self.maps or self.maps_path.exists()):
                 self.finished = True
                 return
-            self._discard()  # finished once, but the final file was removed since: score again
+            self._discard()
         old = _read_json(self.path)
         if old is not None:
             if old.get("version") != VERSION or old.get("fingerprint") != self.fp:
