@@ -16,9 +16,10 @@ killed at any moment leaves the previous checkpoint intact and pointed to. The t
 killed save leaves (named after the writer's host and pid) are removed by the next save or load
 in that folder; a full disk raises ``OSError`` naming the checkpoint, with nothing left behind.
 
-``config.json`` records the sha256 and size of each tensor file (format version 2); loading
-checks them and raises :class:`CorruptCheckpointError` naming the file that does not match.
-Version-1 checkpoints (no checksums) still load, unverified.
+``config.json`` records the sha256 and size of each tensor file (``"files"``); loading checks
+them and raises :class:`CorruptCheckpointError` naming the file that does not match. The format
+version stays 1 (older pyaeplus ignores the new key and still reads these checkpoints);
+checkpoints written before checksums were recorded load unverified.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "latest_checkpoin
            "model_spec", "rng_state", "set_rng_state", "verify_checkpoint", "resume_point", "CorruptCheckpointError"]
 
 FORMAT = "pyaeplus-checkpoint"
-VERSION = 2
+VERSION = 1
 TENSOR_FILES = ("model.safetensors", "trainer.safetensors")
 
 
@@ -285,10 +286,10 @@ def _read_config(path: pathlib.Path) -> dict[str, Any]:
 
 
 def _verify_files(path: pathlib.Path, cfg: dict[str, Any], names) -> None:
-    """Each tensor file in ``names`` against the size and sha256 in ``config.json`` (version 2)."""
+    """Each tensor file in ``names`` against the size and sha256 recorded in ``config.json``."""
     files = cfg.get("files")
     if not isinstance(files, dict):
-        return  # version 1: no checksums recorded
+        return  # written before checksums were recorded
     for name in names:
         f = path / name
         want = files.get(name)
@@ -323,7 +324,7 @@ def _load_tensors(f: pathlib.Path) -> tuple[dict[str, torch.Tensor], dict[str, s
 
 def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Check that a checkpoint folder can be loaded: ``config.json`` readable, every tensor file
-    present with the size and sha256 recorded (version 2 checkpoints).
+    present with the size and sha256 it records (when it records them).
 
     Returns:
         The ``config.json`` dict.
