@@ -617,3 +617,53 @@ def test_cuda_and_triton_kernels_mask_bad_indices():
     x = torch.rand(2, 1, 16, 16)
     with pytest.raises(ValueError, match="is on"):
         torch.ops.pyaeplus.ssim_stats(x.to(dev), x.to(dev), torch.ones(7) / 7, 1e-4, 9e-4, 1, False)
+
+
+# ---- the hot-path checks are one boolean expression: it must be at least as strict as the rules ----
+
+def _spoil(t):
+    """Spoiled variants of a tensor argument (None stays None)."""
+    import torch
+
+    if t is None:
+        return [None]
+    out = [t, t.double(), t.half(), t.long(), t.int(), t.reshape(-1)[:1], torch.cat([t.reshape(-1)] * 2),
+           t.unsqueeze(0), t.to("meta")]
+    return out + ([t.reshape(-1)[:0]] if t.numel() else [])
+
+
+def _guard_cases():
+    import torch
+
+    from pyaeplus.ops import _guard, topk
+
+    z, ip, ix, w = torch.randn(3, 4), torch.tensor([0, 1, 2, 3]), torch.tensor([1, 2, 0]), torch.ones(3)
+    v, i, wt, b = torch.randn(4, 3), torch.randint(0, 8, (4, 3)), torch.randn(8, 5), torch.randn(5)
+    go, gv, m = torch.randn(4, 5), torch.randn(4, 3), torch.rand(4, 3)
+    return [
+        (_guard.laplacian, _guard._explain_laplacian, ("op",), (z, ip, ix, w, torch.ones(3)), (1,)),
+        (_guard.laplacian, _guard._explain_laplacian, ("op",), (z, ip, ix, w, None), (1,)),
+        (_guard.sparse_decode, _guard._explain_sparse_decode, ("op",), (v, i, wt, b), ()),
+        (_guard.sparse_decode_grad, _guard._explain_sparse_decode_grad, ("op",), (go, i, wt, v), ()),
+        (_guard.sparse_decode_grad, _guard._explain_sparse_decode_grad, ("op",), (go, i, wt, None), ()),
+        (topk._check_bwd, topk._explain_bwd, (), (gv, i, 8, m), (False,)),
+        (topk._check_bwd, topk._explain_bwd, (), (torch.randn(4, 8), i, 8, None), (True,)),
+    ]
+
+
+def test_fast_checks_are_as_strict_as_the_explained_rules():
+    n_bad = 0
+    for fast, explain, pre, tensors, post in _guard_cases():
+        for pos, t in enumerate(tensors):
+            variants = _spoil(t) if t is None or hasattr(t, "shape") else [t, 0, t + 1, t - 1]
+            for bad in variants:
+                args = (*pre, *tensors[:pos], bad, *tensors[pos + 1:], *post)
+                try:
+                    explain(*args)
+                except (ValueError, TypeError):
+                    n_bad += 1
+                    with pytest.raises((ValueError, TypeError)):
+                        fast(*args)
+                else:
+                    fast(*args)  # accepted by the rules: the fast path must not raise either
+    assert n_bad > 100

@@ -461,19 +461,24 @@ def _fit_child(run_dir, fault):
         train.shutil.rmtree = rmtree
     elif fault == "random":
         pass
-    _fit(run_dir, on_step=(lambda s, t: time.sleep(0.01)) if fault == "random" else None)
+    # the random-kill runs resume each other: every restart continues from the last checkpoint
+    _fit(run_dir, resume=fault == "random", on_step=(lambda s, t: time.sleep(0.04)) if fault == "random" else None)
 
 
 @pytest.mark.parametrize("fault", ["before_rename", "mid_save", "before_pointer", "mid_prune", "random"])
 def test_fit_sigkill_during_checkpointing_then_resume(tmp_path, fit_ref, fault):
     run = tmp_path / "run"
-    if fault == "random":
-        for delay in (0.15, 0.3):
+    if fault == "random":  # 12 steps of >= 40 ms: killed at seeded random moments, restarted each time
+        rng, kills = random.Random(18), 0
+        for _ in range(4):
             p = FORK.Process(target=_fit_child, args=(run, fault))
             p.start()
-            p.join(delay)
-            os.kill(p.pid, signal.SIGKILL)
+            p.join(rng.uniform(0.05, 0.4))
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)
+                kills += 1
             p.join()
+        assert kills >= 2
     else:
         assert _child(_fit_child, run, fault) == -signal.SIGKILL
     res = _fit(run, resume=True)

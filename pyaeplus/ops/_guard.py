@@ -9,6 +9,11 @@ malformed ``indptr`` raises ``ValueError``); the CUDA and Triton kernels cannot 
 sync, so they mask instead: an out-of-range index contributes zero and writes nothing, and a CSR row
 range is clamped to ``[0, nnz]``. The public functions validate index values before launching; a
 direct caller owns them on CUDA.
+
+The checks run on every call of a training step, so the hot ones (``laplacian``, ``sparse_decode``,
+``sparse_decode_grad``, top-k's ``_check_bwd``) are one boolean expression over as few attribute reads
+as possible (~1.5 µs); only when it fails does the explaining version (``_explain_*``, the same rules
+spelled out) run to raise the message. ``tests/test_bad_inputs.py`` checks that the two agree.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 
 FLOATING = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INDEX = (torch.int64, torch.int32)
+_I64, _F32 = torch.int64, torch.float32
 
 
 def _dt(dtype: torch.dtype) -> str:
@@ -54,6 +60,17 @@ def vector(op: str, name: str, t: torch.Tensor, n: int | None, dtypes: tuple[tor
 def laplacian(op: str, z, indptr, indices, weights, scale, reduction: int) -> None:
     """z (N, d) floating; indptr (N+1,) int64; indices (nnz,) int64; weights (nnz,) float32; scale
     (N,) float32 or None; reduction 0/1/2; one device."""
+    zs = z.shape
+    if (len(zs) == 2 and z.dtype in FLOATING and indptr.dtype is _I64 and indices.dtype is _I64
+            and weights.dtype is _F32 and indptr.shape == (zs[0] + 1,) and len(indices.shape) == 1
+            and weights.shape == indices.shape and reduction in (0, 1, 2)
+            and (scale is None or (scale.dtype is _F32 and scale.shape == (zs[0],) and scale.device == z.device))
+            and z.device == indptr.device == indices.device == weights.device):
+        return
+    _explain_laplacian(op, z, indptr, indices, weights, scale, reduction)
+
+
+def _explain_laplacian(op: str, z, indptr, indices, weights, scale, reduction: int) -> None:
     floating(op, "z", z, 2)
     n = z.shape[0]
     vector(op, "indptr", indptr, n + 1, (torch.int64,))
@@ -91,6 +108,17 @@ def _codes(op: str, indices, weight, like: torch.Tensor, like_name: str) -> None
 
 def sparse_decode(op: str, values, indices, weight, bias) -> None:
     """values (B, k) floating; indices (B, k); weight (D, N) and bias (N,) or None in values' dtype."""
+    vs, ws = values.shape, weight.shape
+    if (len(vs) == 2 and values.dtype in FLOATING and indices.dtype in INDEX and indices.shape == vs
+            and len(ws) == 2 and ws[0] >= 1 and weight.dtype is values.dtype
+            and (bias is None or (bias.dtype is values.dtype and bias.shape == (ws[1],)
+                                  and bias.device == values.device))
+            and values.device == indices.device == weight.device):
+        return
+    _explain_sparse_decode(op, values, indices, weight, bias)
+
+
+def _explain_sparse_decode(op: str, values, indices, weight, bias) -> None:
     floating(op, "values", values, 2)
     _codes(op, indices, weight, values, "values")
     if weight.dtype != values.dtype:
@@ -102,6 +130,17 @@ def sparse_decode(op: str, values, indices, weight, bias) -> None:
 
 def sparse_decode_grad(op: str, grad_out, indices, weight, values=None) -> None:
     """grad_out (B, N) and values (B, k) (when given) in weight's dtype; indices (B, k); weight (D, N)."""
+    gs, ws, js = grad_out.shape, weight.shape, indices.shape
+    if (len(gs) == 2 and len(ws) == 2 and len(js) == 2 and weight.dtype in FLOATING and grad_out.dtype is weight.dtype
+            and gs[1] == ws[1] and ws[0] >= 1 and js[0] == gs[0] and indices.dtype in INDEX
+            and (values is None or (values.shape == js and values.dtype is weight.dtype
+                                    and values.device == weight.device))
+            and grad_out.device == indices.device == weight.device):
+        return
+    _explain_sparse_decode_grad(op, grad_out, indices, weight, values)
+
+
+def _explain_sparse_decode_grad(op: str, grad_out, indices, weight, values=None) -> None:
     floating(op, "grad_out", grad_out, 2)
     floating(op, "weight", weight, 2)
     if grad_out.dtype != weight.dtype or grad_out.shape[1] != weight.shape[1]:

@@ -53,7 +53,18 @@ def _check(x: Tensor, k: int) -> None:
 
 def _check_bwd(grad: Tensor, indices: Tensor, D: int, mask: Optional[Tensor], gather: bool) -> None:
     """Shapes and dtypes the backward kernels index by (index values: the CPU kernel raises on one
-    outside [0, D), the CUDA and Triton kernels skip it)."""
+    outside [0, D), the CUDA and Triton kernels skip it). One boolean expression on the hot path
+    (see ``ops/_guard.py``); ``_explain_bwd`` raises the message."""
+    gs, js = grad.shape, indices.shape
+    if (len(js) == 2 and len(gs) == 2 and indices.dtype is torch.int64 and gs[0] == js[0] and 1 <= D
+            and js[1] <= D and gs[1] == (D if gather else js[1]) and grad.dtype in _guard.FLOATING
+            and (mask is None or (mask.shape == gs and mask.dtype is grad.dtype and mask.device == grad.device))
+            and grad.device == indices.device):
+        return
+    _explain_bwd(grad, indices, D, mask, gather)
+
+
+def _explain_bwd(grad: Tensor, indices: Tensor, D: int, mask: Optional[Tensor], gather: bool) -> None:
     if indices.dim() != 2 or indices.dtype != torch.int64 or grad.dim() != 2 or grad.shape[0] != indices.shape[0]:
         raise ValueError(f"indices must be int64 (B, k) matching grad's rows, got {indices.dtype} "
                          f"{tuple(indices.shape)} for grad {tuple(grad.shape)}")
