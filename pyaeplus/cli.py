@@ -54,7 +54,7 @@ def _classes_arg(text: str) -> list[int]:
 
 
 def _resume_arg(text: str):
-    if text not in ("fallback",):
+    if text != "fallback":
         raise argparse.ArgumentTypeError(f"takes no value or 'fallback', got {text!r}")
     return text
 
