@@ -170,23 +170,24 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--out", default=str(harness.RESULTS))
+    ap.add_argument("--only", choices=("ops", "kernel"), help="only the op entry checks, or only the kernel A/B")
     args = ap.parse_args(argv)
     rounds = args.rounds or (5 if args.quick else 41)
     load0 = open("/proc/loadavg").read().split()[0]
     rows = []
-    for name, size, cfg, call in op_cases(args.quick):
+    for name, size, cfg, call in op_cases(args.quick) if args.only != "kernel" else []:
         inner = 200 if size == "tiny" else 5
         r = ab(call, call, rounds=rounds, inner=inner, a_ctx=checks_off)
         rows.append({"what": f"entry checks: torch.ops.pyaeplus.{name} (A: checks no-op, B: checks on)",
                      "size": size, "config": cfg, **r})
         print(rows[-1], flush=True)
-    for name, fn in guard_calls():
+    for name, fn in guard_calls() if args.only != "kernel" else []:
         n = 20000
         t = min(timeit.repeat(fn, number=n, repeat=7)) / n * 1e6
         rows.append({"what": f"the check alone: {name}", "size": "any", "config": {}, "a_us": 0.0, "b_us": round(t, 3),
                      "delta_us": round(t, 3), "ratio": float("nan"), "rounds": 7, "inner": n})
         print(rows[-1], flush=True)
-    if args.base_so:
+    if args.base_so and args.only != "ops":
         base = load_base_ext(args.base_so)
         for cfg, old, new in kernel_cases(base, args.quick):
             r = ab(old, new, rounds=rounds, inner=3)
