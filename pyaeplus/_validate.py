@@ -113,3 +113,11 @@ def choice(name: str, v, options: Iterable[str]) -> str:
     if v not in options:
         raise ValueError(f"{name} must be one of {options}, got {v!r}")
     return v
+
+
+def not_meta(name: str, t) -> None:
+    """A meta tensor (a shape without data) gets a clear error instead of torch's ``.item()`` one."""
+    if isinstance(t, torch.Tensor) and t.is_meta:
+        raise ValueError(f"{name} is a meta tensor (a shape without data) and cannot be computed on; create it on a "
+                         "real device ('cpu', 'cuda'), e.g. a model built under torch.device('meta') with "
+                         "model.to_empty(device=...) followed by its initialization")

@@ -12,7 +12,14 @@ A checkpoint is a folder:
 
 A folder is written under a temporary name and renamed into place (``os.replace``); the
 ``LATEST``/``BEST`` pointer files of a training run are replaced atomically too, so a job
-killed at any moment leaves the previous checkpoint intact and pointed to.
+killed at any moment leaves the previous checkpoint intact and pointed to. The temporaries a
+killed save leaves (named after the writer's host and pid) are removed by the next save or load
+in that folder; a full disk raises ``OSError`` naming the checkpoint, with nothing left behind.
+
+``config.json`` records the sha256 and size of each tensor file (``"files"``); loading checks
+them and raises :class:`CorruptCheckpointError` naming the file that does not match. The format
+version stays 1 (older pyaeplus ignores the new key and still reads these checkpoints);
+checkpoints written before checksums were recorded load unverified.
 """
 
 from __future__ import annotations
@@ -21,34 +28,66 @@ import json
 import os
 import pathlib
 import random
+import re
 import shutil
-import tempfile
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .runtime import atomic_write, clean_stale_temps, file_sha256, fsync_dir, temp_path
+from .runtime.files import pid_alive, write_error
+
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "latest_checkpoint", "best_checkpoint",
-           "model_spec", "rng_state", "set_rng_state"]
+           "model_spec", "rng_state", "set_rng_state", "verify_checkpoint", "resume_point", "CorruptCheckpointError"]
 
 FORMAT = "pyaeplus-checkpoint"
 VERSION = 1
+TENSOR_FILES = ("model.safetensors", "trainer.safetensors")
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint that cannot be used: a file missing, unreadable, or not matching its checksum."""
 
 
 # ---- helpers -------------------------------------------------------------------------------
 
 def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    atomic_write(path, lambda f: f.write(text), text=True)
+
+
+def _clean_folder(folder: pathlib.Path) -> None:
+    """Remove what killed saves left in ``folder``: temporary checkpoint folders and pointer files
+    of writers that no longer run. A checkpoint moved aside to be replaced (``.<name>.old...``)
+    whose replacement never arrived is moved back first."""
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        olds = [d for d in folder.glob(".*.old.pyaeplus-tmp-*") if d.is_dir()]
+    except OSError:
+        return
+    for d in olds:
+        m = re.match(r"^\.(?P<name>.+)\.old\.pyaeplus-tmp-.+-(?P<pid>\d+)-[0-9a-f]{8}$", d.name)
+        if m is None or int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"])):
+            continue
+        src, dst = d / m["name"], folder / m["name"]
+        if not dst.exists() and (src / "config.json").exists():
+            try:
+                os.replace(src, dst)
+            except OSError:
+                continue
+    clean_stale_temps(folder)
+
+
+def _save_error(e: BaseException, path: pathlib.Path) -> BaseException:
+    """I/O failures of a save (safetensors reports them as SafetensorError) as OSError naming ``path``."""
+    if isinstance(e, OSError):
+        return write_error(e, path)
+    m = re.search(r"os error (\d+)", str(e)) if isinstance(e, SafetensorError) else None
+    if m is not None:
+        return write_error(OSError(int(m[1]), os.strerror(int(m[1]))), path)
+    return e
 
 
 def _plain_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -156,75 +195,157 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimize
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    _clean_folder(path.parent)
+    tmp = temp_path(path)
+    tmp.mkdir()
     try:
-        weights, aliases = _plain_state(model.state_dict())
-        save_file(weights, str(tmp / "model.safetensors"),
-                  metadata={"format": FORMAT, "version": str(VERSION), "aliases": json.dumps(aliases)})
-
-        tensors: dict[str, torch.Tensor] = {}
-        meta: dict[str, Any] = {}
-        if optimizer is not None:
-            sd = optimizer.state_dict()
-            scalars: dict[str, dict[str, Any]] = {}
-            for pid, st in sd["state"].items():
-                for name, v in st.items():
-                    if isinstance(v, torch.Tensor):
-                        tensors[f"optim.{pid}.{name}"] = v.detach().to("cpu", copy=True).contiguous()
-                    else:
-                        scalars.setdefault(str(pid), {})[name] = v
-            meta["optimizer"] = {"param_groups": sd["param_groups"], "scalars": scalars,
-                                 "state_ids": [str(k) for k in sd["state"]]}
-        if scaler is not None:
-            meta["scaler"] = scaler.state_dict()
-        for r, st in enumerate(rng or []):
-            for k, v in st.items():
-                tensors[f"rng.{r}.{k}"] = v.detach().to("cpu").contiguous()
-        meta["ranks"] = len(rng or [])
-        save_file(tensors, str(tmp / "trainer.safetensors"),
-                  metadata={"format": FORMAT, "version": str(VERSION),
-                            "trainer": json.dumps(meta, default=_json_default)})
-
+        _save_model(tmp, model)
+        _save_trainer(tmp, optimizer, scaler, rng)
         config = {"format": FORMAT, "version": VERSION, "model": model_spec(model),
                   "optimizer": None if optimizer is None else {
                       "name": optimizer_name or type(optimizer).__name__.lower(),
                       "lr": optimizer.param_groups[0]["lr"]},
+                  "files": {f: {"sha256": file_sha256(tmp / f), "bytes": (tmp / f).stat().st_size}
+                            for f in TENSOR_FILES},
                   **(state or {})}
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if path.exists():
-            # Move the old folder aside first: os.replace cannot overwrite a non-empty directory.
-            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        _replace_folder(tmp, path)
+    except BaseException as e:
+        err = _save_error(e, path)
+        if err is not e:
+            raise err from e
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
+def _save_model(folder: pathlib.Path, model: torch.nn.Module) -> None:
+    weights, aliases = _plain_state(model.state_dict())
+    save_file(weights, str(folder / "model.safetensors"),
+              metadata={"format": FORMAT, "version": str(VERSION), "aliases": json.dumps(aliases)})
+
+
+def _save_trainer(folder: pathlib.Path, optimizer, scaler, rng) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {}
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for pid, st in sd["state"].items():
+            for name, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    tensors[f"optim.{pid}.{name}"] = v.detach().to("cpu", copy=True).contiguous()
+                else:
+                    scalars.setdefault(str(pid), {})[name] = v
+        meta["optimizer"] = {"param_groups": sd["param_groups"], "scalars": scalars,
+                             "state_ids": [str(k) for k in sd["state"]]}
+    if scaler is not None:
+        meta["scaler"] = scaler.state_dict()
+    for r, st in enumerate(rng or []):
+        for k, v in st.items():
+            tensors[f"rng.{r}.{k}"] = v.detach().to("cpu").contiguous()
+    meta["ranks"] = len(rng or [])
+    save_file(tensors, str(folder / "trainer.safetensors"),
+              metadata={"format": FORMAT, "version": str(VERSION), "trainer": json.dumps(meta, default=_json_default)})
+
+
+def _replace_folder(tmp: pathlib.Path, path: pathlib.Path) -> None:
+    """Rename the complete folder ``tmp`` onto ``path``. An existing ``path`` is moved aside first
+    (``os.replace`` cannot overwrite a non-empty folder); a kill in between leaves it in the aside
+    folder, from which the next save or load in this folder moves it back."""
+    if path.exists():
+        old = temp_path(path.with_name(path.name + ".old"))
+        old.mkdir()
+        os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def _read_config(path: pathlib.Path) -> dict[str, Any]:
     cfg_path = path / "config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{path} is not a pyaeplus checkpoint (no config.json)")
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path}: format is {cfg.get('format')!r}, expected {FORMAT!r}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CorruptCheckpointError(f"{cfg_path} cannot be read ({e})") from e
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        fmt = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
+        raise ValueError(f"{cfg_path}: format is {fmt!r}, expected {FORMAT!r}")
     if int(cfg.get("version", 0)) > VERSION:
         raise ValueError(f"{cfg_path}: checkpoint version {cfg['version']} is newer than this pyaeplus reads ({VERSION})")
+    return cfg
+
+
+def _verify_files(path: pathlib.Path, cfg: dict[str, Any], names) -> None:
+    """Each tensor file in ``names`` against the size and sha256 recorded in ``config.json``."""
+    files = cfg.get("files")
+    if not isinstance(files, dict):
+        return  # written before checksums were recorded
+    for name in names:
+        f = path / name
+        want = files.get(name)
+        if not isinstance(want, dict):
+            raise CorruptCheckpointError(f"{f}: config.json records no checksum for it")
+        if not f.is_file():
+            raise CorruptCheckpointError(f"{f} is missing")
+        size = f.stat().st_size
+        if size != want.get("bytes"):
+            raise CorruptCheckpointError(f"{f} has {size} bytes, config.json records {want.get('bytes')}: "
+                                         "the file is truncated or was replaced")
+        got = file_sha256(f)
+        if got != want.get("sha256"):
+            raise CorruptCheckpointError(f"{f} does not match its sha256 in config.json (stored "
+                                         f"{str(want.get('sha256'))[:12]}..., file {got[:12]}...): the file is corrupted")
+
+
+def _load_tensors(f: pathlib.Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; a damaged file is a CorruptCheckpointError naming it."""
+    from safetensors import safe_open
+
+    try:
+        tensors = load_file(str(f))
+        with safe_open(str(f), framework="pt") as h:
+            meta = h.metadata() or {}
+    except FileNotFoundError as e:
+        raise CorruptCheckpointError(f"{f} is missing") from e
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CorruptCheckpointError(f"{f} cannot be read ({e})") from e
+    return tensors, meta
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Check that a checkpoint folder can be loaded: ``config.json`` readable, every tensor file
+    present with the size and sha256 it records (when it records them).
+
+    Returns:
+        The ``config.json`` dict.
+
+    Raises:
+        FileNotFoundError: no ``config.json``. CorruptCheckpointError: a file is missing, damaged or
+        does not match its checksum (the message names it). ValueError: not a pyaeplus checkpoint.
+    """
+    path = pathlib.Path(path)
+    cfg = _read_config(path)
+    _verify_files(path, cfg, TENSOR_FILES)
     return cfg
 
 
 def _resolve(path: str | os.PathLike) -> pathlib.Path:
     """A checkpoint folder, or a training run's ``checkpoint_dir`` (then its LATEST checkpoint)."""
     path = pathlib.Path(path).expanduser()
+    _clean_folder(path.parent)  # may move back a checkpoint a killed save had moved aside
     if (path / "config.json").exists():
         return path
+    _clean_folder(path)
     latest = latest_checkpoint(path)
     if latest is None:
         raise FileNotFoundError(f"no checkpoint at {path} (neither config.json nor a LATEST pointer)")
@@ -233,7 +354,7 @@ def _resolve(path: str | os.PathLike) -> pathlib.Path:
 
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = None, *,
                     optimizer: torch.optim.Optimizer | None = None, scaler=None, strict: bool = True,
-                    rank: int | None = None) -> dict[str, Any]:
+                    rank: int | None = None, verify: bool = True) -> dict[str, Any]:
     """Load a checkpoint into existing objects.
 
     Args:
@@ -243,50 +364,52 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
         scaler: receives the GradScaler state.
         strict: passed to ``load_state_dict``.
         rank: restore the RNG states saved for this rank (None: leave the RNGs alone).
+        verify: check the sha256 of each tensor file read against ``config.json`` first.
 
     Returns:
         The ``config.json`` dict, with ``"path"`` set to the folder read.
+
+    Raises:
+        CorruptCheckpointError: a file read is missing, damaged or does not match its checksum.
     """
     path = _resolve(path)
     cfg = _read_config(path)
+    trainer = optimizer is not None or scaler is not None or rank is not None
+    if verify:
+        _verify_files(path, cfg, [n for n, use in zip(TENSOR_FILES, (model is not None, trainer)) if use])
     if model is not None:
-        from safetensors import safe_open
-
-        weights = load_file(str(path / "model.safetensors"))
-        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
-            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-        for k, src in aliases.items():
+        weights, meta = _load_tensors(path / "model.safetensors")
+        for k, src in json.loads(meta.get("aliases", "{}")).items():
             weights[k] = weights[src]
         model.load_state_dict(weights, strict=strict)
-    if optimizer is not None or scaler is not None or rank is not None:
-        from safetensors import safe_open
-
-        tp = path / "trainer.safetensors"
-        tensors = load_file(str(tp))
-        with safe_open(str(tp), framework="pt") as f:
-            meta = json.loads(f.metadata()["trainer"])
-        if optimizer is not None:
-            if "optimizer" not in meta:
-                raise ValueError(f"{path} holds no optimizer state")
-            om = meta["optimizer"]
-            state: dict[int, dict[str, Any]] = {int(i): {} for i in om["state_ids"]}
-            for k, v in tensors.items():
-                if k.startswith("optim."):
-                    _, pid, name = k.split(".", 2)
-                    state[int(pid)][name] = v
-            for pid, sc in om["scalars"].items():
-                state[int(pid)].update(sc)
-            optimizer.load_state_dict({"state": state, "param_groups": om["param_groups"]})
-        if scaler is not None and meta.get("scaler") is not None:
-            scaler.load_state_dict(meta["scaler"])
-        if rank is not None:
-            prefix = f"rng.{rank}."
-            st = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            if not st:
-                raise ValueError(f"{path} holds no RNG state for rank {rank} (saved by {meta.get('ranks', 0)} rank(s))")
-            set_rng_state(st)
+    if trainer:
+        tensors, meta = _load_tensors(path / "trainer.safetensors")
+        _restore_trainer(path, json.loads(meta["trainer"]), tensors, optimizer, scaler, rank)
     cfg["path"] = str(path)
     return cfg
+
+
+def _restore_trainer(path, meta, tensors, optimizer, scaler, rank) -> None:
+    if optimizer is not None:
+        if "optimizer" not in meta:
+            raise ValueError(f"{path} holds no optimizer state")
+        om = meta["optimizer"]
+        state: dict[int, dict[str, Any]] = {int(i): {} for i in om["state_ids"]}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, name = k.split(".", 2)
+                state[int(pid)][name] = v
+        for pid, sc in om["scalars"].items():
+            state[int(pid)].update(sc)
+        optimizer.load_state_dict({"state": state, "param_groups": om["param_groups"]})
+    if scaler is not None and meta.get("scaler") is not None:
+        scaler.load_state_dict(meta["scaler"])
+    if rank is not None:
+        prefix = f"rng.{rank}."
+        st = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not st:
+            raise ValueError(f"{path} holds no RNG state for rank {rank} (saved by {meta.get('ranks', 0)} rank(s))")
+        set_rng_state(st)
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -329,6 +452,60 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> pathlib.Path | None:
 def best_checkpoint(run_dir: str | os.PathLike) -> pathlib.Path | None:
     """The checkpoint with the best validation loss (``BEST`` pointer), or None."""
     return _pointer(run_dir, "BEST")
+
+
+def _unusable(path: pathlib.Path) -> str | None:
+    """Why checkpoint folder ``path`` cannot be resumed from, or None when it can."""
+    if not path.is_dir():
+        return "the folder does not exist"
+    try:
+        verify_checkpoint(path)
+    except (FileNotFoundError, ValueError) as e:
+        return str(e)
+    return None
+
+
+def resume_point(run_dir: str | os.PathLike, *, fallback: bool = False) -> pathlib.Path | None:
+    """The checkpoint a training run resumes from: its ``LATEST`` one, verified.
+
+    Args:
+        run_dir: the run's ``checkpoint_dir``.
+        fallback: when LATEST cannot be used, take the newest checkpoint folder of the run that can
+            (a warning names each one skipped and why); None when there is none.
+
+    Returns:
+        The checkpoint folder, or None when the run has no LATEST pointer (nothing to resume; with
+        ``fallback``, nor any usable checkpoint).
+
+    Raises:
+        CorruptCheckpointError: (without ``fallback``) LATEST names a checkpoint that is missing,
+        incomplete (no ``config.json``) or damaged; the message says which and why.
+    """
+    run_dir = pathlib.Path(run_dir)
+    _clean_folder(run_dir)
+    ptr = run_dir / "LATEST"
+    if ptr.exists():
+        target = run_dir / ptr.read_text().strip()
+        why = _unusable(target)
+        if why is None:
+            return target
+        if not fallback:
+            raise CorruptCheckpointError(
+                f"cannot resume from {target}, the LATEST checkpoint of {run_dir}: {why}. Pass resume='fallback' "
+                "(pyaeplus train --resume fallback) to continue from the newest checkpoint that is intact, or "
+                "resume=False to start over (the run's checkpoints are then overwritten)")
+        warnings.warn(f"LATEST checkpoint {target} cannot be used ({why}); looking for an older one",
+                      RuntimeWarning, stacklevel=2)
+    elif not fallback:
+        return None
+    if not run_dir.is_dir():
+        return None
+    for d in sorted((d for d in run_dir.iterdir() if d.is_dir() and not d.name.startswith(".")), reverse=True):
+        why = _unusable(d)
+        if why is None:
+            return d
+        warnings.warn(f"checkpoint {d} cannot be used ({why}); skipped", RuntimeWarning, stacklevel=2)
+    return None
 
 
 def point(run_dir: str | os.PathLike, name: str, target: pathlib.Path) -> None:

@@ -4,7 +4,65 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+
+
+# ---- argument checking: user errors are one line and exit status 2 ------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): ``pyaeplus demo: error: ...``, status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number_arg(cast, what: str, ok):
+    """An argparse type: ``cast(text)`` that satisfies ``ok``, else an error saying ``what`` it must be."""
+    def parse(text: str):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return v
+
+    parse.__name__ = what
+    return parse
+
+
+def _device_arg(text: str) -> str:
+    """'auto' or a device that exists here (checked at parse time: no AssertionError from torch later)."""
+    if text == "auto":
+        return text
+    from .runtime.devices import resolve_device
+
+    try:
+        resolve_device(text, name="the device")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _classes_arg(text: str) -> list[int]:
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integer labels such as 0 or 1,7, got {text!r}") from None
+
+
+def _resume_arg(text: str):
+    if text != "fallback":
+        raise argparse.ArgumentTypeError(f"takes no value or 'fallback', got {text!r}")
+    return text
+
+
+POSITIVE_INT = _number_arg(int, "an integer >= 1", lambda v: v >= 1)
+NONNEG_INT = _number_arg(int, "an integer >= 0", lambda v: v >= 0)
+POSITIVE = _number_arg(float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
+NONNEG = _number_arg(float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -110,13 +168,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         k, v = item.split("=", 1)
         opts[k] = _json_value(v)
     if args.classes is not None:
-        opts["classes"] = [int(c) for c in args.classes.split(",")]
+        opts["classes"] = args.classes
     if opts:
         cfg["data_options"] = opts
     if args.amp is not None:
         cfg["amp"] = {"auto": True, "off": False}.get(args.amp, args.amp)
     if args.resume:
-        cfg["resume"] = True
+        cfg["resume"] = args.resume
     if args.no_progress:
         cfg["progress"] = False
     cfg.setdefault("checkpoint_dir", "runs/" + str(cfg.get("model", "model")))
@@ -149,26 +207,29 @@ def _add_train_parser(sub) -> None:
     s.add_argument("--model-config", help="JSON object of model arguments (input size filled from the data)")
     s.add_argument("--data", help="KIND:PATH, KIND in mnist, fashion-mnist, kmnist, ecg5000, ucr, csv, images, npy")
     s.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="loader option (JSON value), repeatable")
-    s.add_argument("--classes", help="comma-separated labels to keep (e.g. 0 for one-class training on digit 0)")
+    s.add_argument("--classes", type=_classes_arg,
+                   help="comma-separated labels to keep (e.g. 0 for one-class training on digit 0)")
     s.add_argument("--split", help="training split (default train)")
     s.add_argument("--val-data", help="validation KIND:PATH")
     s.add_argument("--val-split", help="validation split of --data (e.g. test)")
     s.add_argument("--normalize", choices=["minmax", "gcn", "gcn+minmax", "none"],
                    help="normalization fitted on the training data")
-    s.add_argument("--epochs", type=int)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--lr", type=float)
+    s.add_argument("--epochs", type=POSITIVE_INT)
+    s.add_argument("--batch-size", type=POSITIVE_INT)
+    s.add_argument("--lr", type=POSITIVE)
     s.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop"])
-    s.add_argument("--weight-decay", type=float)
+    s.add_argument("--weight-decay", type=NONNEG)
     s.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision (auto: on CUDA only)")
-    s.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    s.add_argument("--seed", type=int)
+    s.add_argument("--device", type=_device_arg, help="auto, cpu, cuda, cuda:1 ...")
+    s.add_argument("--seed", type=NONNEG_INT)
     s.add_argument("--out", help="checkpoint folder (default runs/<model>)")
-    s.add_argument("--resume", action="store_true", help="continue from the LATEST checkpoint in --out")
+    s.add_argument("--resume", nargs="?", const=True, type=_resume_arg, metavar="fallback",
+                   help="continue from the LATEST checkpoint in --out (an unusable one is an error); "
+                        "'--resume fallback' takes the newest intact checkpoint instead")
     s.add_argument("--log-dir", help="TensorBoard folder (needs tensorboard)")
-    s.add_argument("--patience", type=int, help="early stopping patience in epochs (needs validation data)")
-    s.add_argument("--num-workers", type=int)
-    s.add_argument("--grad-clip", type=float)
+    s.add_argument("--patience", type=POSITIVE_INT, help="early stopping patience in epochs (needs validation data)")
+    s.add_argument("--num-workers", type=NONNEG_INT)
+    s.add_argument("--grad-clip", type=POSITIVE)
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_train)
 
@@ -271,9 +332,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .train import fit
 
     t0 = time.perf_counter()
-    if args.threads < 0:
-        print(f"pyaeplus demo: --threads must be >= 0, got {args.threads}", file=sys.stderr)
-        return 2
     if args.threads:
         # 28x28 batches through 8-16 channel convs: each op is too small to amortize waking a
         # thread team, and on a 2-core machine extra threads measured 3-4x slower per step.
@@ -296,7 +354,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                                        "input_shape": list(x_train.shape[1:]), "loss": args.loss,
                                        "output_activation": "sigmoid", "batch_norm": True}}
     model = LaplacianAE(base, lam=args.lam, graph=graph)
-    epochs = args.epochs or (3 if args.quick else 6 if args.data is None else 8)
+    epochs = args.epochs if args.epochs is not None else (3 if args.quick else 6 if args.data is None else 8)
     t1 = time.perf_counter()
     print(f"model: LaplacianAE(ConvAE {channels} + BatchNorm -> 32, loss={args.loss}, lam={args.lam}) on a {graph.num_nodes}-node "
           f"k=10 graph ({time.perf_counter() - t0:.1f} s so far); training {epochs} epochs")
@@ -350,21 +408,21 @@ def _add_demo_parser(sub) -> None:
                                    "distance, prints AUROC/AP and writes plots. --data mnist:ROOT (or "
                                    "fashion-mnist/kmnist) runs the one-class benchmark on real data instead.")
     s.add_argument("--data", help="mnist:ROOT, fashion-mnist:ROOT or kmnist:ROOT (default: generated images)")
-    s.add_argument("--normal-class", type=int, default=0, help="with --data: the class trained on (default 0)")
+    s.add_argument("--normal-class", type=NONNEG_INT, default=0, help="with --data: the class trained on (default 0)")
     s.add_argument("--quick", action="store_true", help="768 training images and 3 epochs (the CI smoke run)")
-    s.add_argument("--epochs", type=int, help="default 6 on generated data, 8 with --data, 3 with --quick")
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--lr", type=float, default=3e-3)
-    s.add_argument("--lam", type=float, default=0.1, help="Laplacian weight")
+    s.add_argument("--epochs", type=POSITIVE_INT, help="default 6 on generated data, 8 with --data, 3 with --quick")
+    s.add_argument("--batch-size", type=POSITIVE_INT, default=64)
+    s.add_argument("--lr", type=POSITIVE, default=3e-3)
+    s.add_argument("--lam", type=NONNEG, default=0.1, help="Laplacian weight")
     s.add_argument("--loss", default="ssim", choices=["ssim", "l1_ssim", "ms_ssim", "mse"],
                    help="reconstruction loss (default ssim, the fused kernels)")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--device", type=_device_arg, default="auto")
     s.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
                    help="mixed precision for training and scoring (auto: bf16 on CUDA, off on CPU)")
-    s.add_argument("--threads", type=int, default=1,
+    s.add_argument("--threads", type=NONNEG_INT, default=1,
                    help="CPU intra-op threads (default 1: the demo's ops are too small to gain from more; 0 keeps "
                         "torch's default)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=NONNEG_INT, default=0)
     s.add_argument("--out", default="pyaeplus-demo", help="output folder for plots, results and the checkpoint")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_demo)
@@ -390,10 +448,27 @@ def _parse_threshold(text: str):
     kw = {}
     for item in filter(None, rest.split(",")):
         if "=" not in item:
-            raise SystemExit(f"pyaeplus score: --threshold options must be KEY=VALUE, got {item!r}")
+            raise argparse.ArgumentTypeError(f"options must be KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         kw[k] = _json_value(v)
     return method, kw
+
+
+def _threshold_arg(text: str) -> str:
+    """``--threshold`` checked at parse time, before any scoring: a NaN/Inf value, an unknown method
+    or an out-of-range option such as ``percentile:q=200`` are refused here."""
+    method, kw = _parse_threshold(text)
+    if method is None:
+        if not math.isfinite(kw["value"]):
+            raise argparse.ArgumentTypeError(f"a fixed threshold must be finite, got {text!r}")
+        return text
+    from .scoring.thresholds import check_threshold
+
+    try:
+        check_threshold(method, **kw)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+    return text
 
 
 def _dataset_labels(ds):
@@ -526,24 +601,28 @@ def _add_score_parser(sub) -> None:
                    choices=("model", "mse", "mae", "bce", "ssim", "ms_ssim", "latent_knn", "svdd", "elbo"))
     s.add_argument("--knn-reference", help="with --score latent_knn: the normal training data ('<kind>:<path>', "
                                           "train split), whose latents the k nearest are searched among")
-    s.add_argument("--k", type=int, default=5, help="neighbours for --score latent_knn")
+    s.add_argument("--k", type=POSITIVE_INT, default=5, help="neighbours for --score latent_knn")
     s.add_argument("--knn-metric", default="l2", help="latent distance for --score latent_knn (l2, cosine, ...)")
     s.add_argument("--model", help="expected model name; a checkpoint of another model is refused")
     s.add_argument("--maps", metavar="DIR", help="also write per-pixel anomaly maps (image models) to DIR/maps.npy")
-    s.add_argument("--threshold", help="a number, or METHOD[:K=V,...] (mean_std, percentile, fpr, contamination, pot)")
+    s.add_argument("--threshold", type=_threshold_arg,
+                   help="a number, or METHOD[:K=V,...] (mean_std, percentile, fpr, contamination, pot); checked "
+                        "before scoring starts")
     s.add_argument("--threshold-data", help="normal data to fit the threshold on (default: the scored data)")
     s.add_argument("--labels", help="'data' (the dataset's labels) or a .npy of labels")
     s.add_argument("--pos-label", type=int, default=1, help="label value of anomalies (default 1)")
     s.add_argument("--plots", help="folder for the PNG plots (default: next to --out)")
-    s.add_argument("--batch-size", type=int, default=512)
-    s.add_argument("--num-workers", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--no-resume", action="store_true", help="ignore completed chunks of an interrupted run")
+    s.add_argument("--batch-size", type=POSITIVE_INT, default=512)
+    s.add_argument("--num-workers", type=NONNEG_INT, default=0)
+    s.add_argument("--device", type=_device_arg, default="auto")
+    s.add_argument("--no-resume", action="store_true",
+                   help="discard what an interrupted run on --out left and start over (without it, a run with "
+                        "other data, model or settings is refused)")
     s.set_defaults(func=_cmd_score)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pyaeplus", description=__doc__)
+    p = _Parser(prog="pyaeplus", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("info", help="what was compiled, what can run here, versions")
@@ -564,9 +643,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CorruptCheckpointError
+    from .runtime import LockedError
+
+    return (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+            LockedError, CorruptCheckpointError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. A user error (bad value, missing file, a second writer, a damaged checkpoint)
+    prints one line and returns 2, a failed write (e.g. a full disk) one line and 1;
+    ``PYAEPLUS_TRACEBACK=1`` shows the traceback instead."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as e:  # noqa: BLE001 - classified below, everything else re-raised
+        if os.environ.get("PYAEPLUS_TRACEBACK") or not isinstance(e, _user_errors() + (OSError,)):
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"pyaeplus {args.command}: error: {msg}", file=sys.stderr)
+        return 2 if isinstance(e, _user_errors()) else 1
 
 
 if __name__ == "__main__":

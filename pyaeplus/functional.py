@@ -129,6 +129,7 @@ def topk_activation(x: _torch.Tensor, k: int, *, relu: bool = False, output: str
     _v.choice("output", output, ("dense", "sparse"))
     k = _topk_k(k, D, relu=relu, training=training, batch=batch, sparse_format=sparse_format, k_eval=k_eval,
                 alpha=alpha)
+    _v.not_meta("x", x)
     _v.finite("x", x, check_finite)
 
     x2 = x.reshape(-1, D)
@@ -244,6 +245,7 @@ def topk_encode(x: _torch.Tensor, weight: _torch.Tensor, bias: _Optional[_torch.
                 alpha=alpha)
     for name, t in (("x", x), ("weight", weight), ("bias", bias)):
         if t is not None:
+            _v.not_meta(name, t)
             _v.finite(name, t, check_finite)
     x2 = x.reshape(-1, N)
     if not batch:
@@ -588,6 +590,7 @@ def laplacian_loss(z, graph, *, normalization=None, reduction="sum", check_finit
         raise ValueError(f"graph has {graph.num_nodes} nodes but z has {z.shape[0]} rows; they must match")
     if graph.device != z.device:
         raise ValueError(f"graph is on {graph.device} but z is on {z.device}; move it with graph.to(z.device)")
+    _v.not_meta("z", z)
     _v.finite("z", z, check_finite)
     indptr, indices, weights, scale = graph._grad_csr(normalization)
     need_grad = z.requires_grad and _torch.is_grad_enabled()

@@ -85,10 +85,8 @@ class SparseDecoder(_torch.nn.Module):
 
     def __init__(self, num_latents: int, out_features: int, *, bias: bool = True, device=None, dtype=None):
         super().__init__()
-        self.num_latents = int(num_latents)
-        self.out_features = int(out_features)
-        if self.num_latents < 1 or self.out_features < 1:
-            raise ValueError(f"num_latents and out_features must be >= 1, got {num_latents}, {out_features}")
+        self.num_latents = _v.integer("num_latents", num_latents, lo=1)
+        self.out_features = _v.integer("out_features", out_features, lo=1)
         kw = {"device": device, "dtype": dtype}
         self.weight = _torch.nn.Parameter(_torch.empty(self.num_latents, self.out_features, **kw))
         if bias:

@@ -30,8 +30,9 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from . import checkpoint as ckpt
-from ._validate import choice, integer, number
+from ._validate import choice, integer, not_meta, number
 from .data.base import as_dataset
+from .runtime.devices import resolve_device
 
 __all__ = ["fit", "run", "FitResult", "OPTIMIZERS"]
 
@@ -120,13 +121,28 @@ def _global_batches(n, batch_size, seed, epoch, shuffle, drop_last, batch_sample
     if batch_sampler is not None:
         if hasattr(batch_sampler, "set_epoch"):
             batch_sampler.set_epoch(epoch)
-        return [torch.as_tensor(list(b) if not isinstance(b, torch.Tensor) else b, dtype=torch.int64)
-                for b in batch_sampler]
+        return [_batch_ids(b, n) for b in batch_sampler]
     order = _epoch_order(n, seed, epoch, shuffle)
     out = list(order.split(batch_size))
     if drop_last and out and out[-1].numel() < batch_size:
         out.pop()
     return out
+
+
+def _batch_ids(b, n: int) -> torch.Tensor:
+    """One batch of a ``batch_sampler`` as int64 row ids, each an integer in [0, n)."""
+    t = b if isinstance(b, torch.Tensor) else torch.as_tensor(list(b))
+    if t.numel() == 0:
+        return t.to(torch.int64).reshape(-1)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"batch_sampler must yield integer row ids, got a batch of dtype "
+                        f"{str(t.dtype).replace('torch.', '')}: {t.reshape(-1)[:5].tolist()}")
+    t = t.to(torch.int64).reshape(-1)
+    lo, hi = int(t.min()), int(t.max())
+    if lo < 0 or hi >= n:
+        raise ValueError(f"batch_sampler yielded row id {lo if lo < 0 else hi}, outside [0, {n}) (the training set "
+                         f"has {n} rows)")
+    return t
 
 
 def _shard(batches: list[torch.Tensor], rank: int, world: int) -> list[tuple[torch.Tensor, int]]:
@@ -186,13 +202,7 @@ def _resolve_device(device, world: int) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else torch.cuda.current_device())
         return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be 'auto' or a torch device, got {device!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device is {device!r} but CUDA is not available here")
-    return dev
+    return resolve_device(device)
 
 
 def _allreduce_terms(sums: dict[str, float], count: float, world: int) -> dict[str, float]:
@@ -222,7 +232,7 @@ def _amp_dtype(amp, device: torch.device) -> torch.dtype | None:
 def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
         optimizer: str = "adam", optimizer_kwargs: dict | None = None, weight_decay: float = 0.0,
         loss: Callable | None = None, val_data=None, amp: bool | str = True, device: str | torch.device = "auto",
-        seed: int = 0, checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
+        seed: int = 0, checkpoint_dir: str | os.PathLike | None = None, resume: bool | str = False,
         log_dir: str | os.PathLike | None = None, progress: bool = True, patience: int | None = None,
         min_delta: float = 0.0, restore_best: bool = True, batch_sampler=None, shuffle: bool = True,
         drop_last: bool = False, num_workers: int = 0, grad_clip: float | None = None,
@@ -249,9 +259,13 @@ def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128
         device: ``"auto"`` (CUDA when present; ``LOCAL_RANK`` under torchrun), or a device.
         seed: seeds torch/numpy/random (rank-offset under DDP) and the per-epoch data order.
         checkpoint_dir: folder for checkpoints (``epoch-NNNN/`` each epoch, ``LATEST``/``BEST`` pointers).
-        resume: continue from ``checkpoint_dir``'s LATEST checkpoint when there is one (weights,
+        resume: True: continue from ``checkpoint_dir``'s LATEST checkpoint when there is one (weights,
             optimizer, scaler, RNG states, data position, history, early-stopping state): the result
-            is bit-identical to an uninterrupted run.
+            is bit-identical to an uninterrupted run. A LATEST checkpoint that cannot be used (missing,
+            no ``config.json``, a tensor file not matching its checksum) raises
+            ``pyaeplus.checkpoint.CorruptCheckpointError`` saying why, before any training.
+            ``"fallback"``: continue from the newest checkpoint of the run that is intact instead
+            (warning about those skipped; from scratch when none is). False: start over.
         log_dir: TensorBoard folder (scalars per epoch and step, reconstruction images); needs the
             ``tensorboard`` package (checked before training starts).
         progress: tqdm bar with the running loss terms (rank 0 only).
@@ -260,7 +274,8 @@ def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128
         min_delta: minimum decrease of the validation loss that counts as an improvement.
         restore_best: at the end of a run with validation, load the best epoch's weights.
         batch_sampler: a sampler yielding lists of indices per batch (e.g.
-            ``pyaeplus.graph.NeighborBatchSampler``); its ``set_epoch`` is called each epoch.
+            ``pyaeplus.graph.NeighborBatchSampler``); its ``set_epoch`` is called each epoch. Ids
+            must be integers in ``[0, len(train_data))`` (checked each epoch before its first step).
             Replaces ``batch_size``/``shuffle`` for training.
         shuffle: shuffle the training set each epoch (seeded by ``seed`` and the epoch).
         drop_last: drop the last incomplete batch.
@@ -302,8 +317,11 @@ def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128
     min_delta = number("min_delta", min_delta, nonnegative=True)
     if grad_clip is not None:
         grad_clip = number("grad_clip", grad_clip, positive=True)
+    if resume not in (True, False, "fallback"):
+        raise ValueError(f"resume must be True, False or 'fallback', got {resume!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
+    _check_not_meta(model, train_data, val_data)
     train_ds = as_dataset(train_data)
     val_ds = as_dataset(val_data) if val_data is not None else None
     n_train = len(train_ds)
@@ -338,6 +356,14 @@ def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128
             dist.destroy_process_group()
 
 
+def _check_not_meta(model: nn.Module, train_data, val_data) -> None:
+    not_meta("train_data", train_data)
+    not_meta("val_data", val_data)
+    meta = next((name for name, p in model.named_parameters() if p.is_meta), None)
+    if meta is not None:
+        not_meta(f"model parameter {meta!r}", model.get_parameter(meta))
+
+
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
@@ -353,6 +379,25 @@ def _gather_rng(world: int) -> list[dict[str, torch.Tensor]]:
     return out
 
 
+def _resume_from(start, model, opt, scaler, rank: int, world: int, epochs: int):
+    """(start_epoch, step, history, best_val, best_epoch, bad_epochs): from checkpoint ``start``
+    (verified by ``checkpoint.resume_point``), or a fresh run's when it is None."""
+    if start is None:
+        return 0, 0, [], math.inf, None, 0
+    cfg = ckpt.load_checkpoint(start, model, optimizer=opt, scaler=scaler, rank=rank, verify=False)
+    tr = cfg.get("training")
+    if not isinstance(tr, dict):
+        raise ValueError(f"cannot resume from {start}: it holds no training state (saved by save_checkpoint, "
+                         "not by fit); pass resume=False to start over")
+    if tr["world_size"] != world:
+        raise ValueError(f"the checkpoint was written by {tr['world_size']} process(es); resuming with {world} "
+                         "would change the data order and RNG streams")
+    best_val = math.inf if tr["best_val_loss"] is None else tr["best_val_loss"]
+    # a run that had ended by early stopping has nothing left to do
+    start_epoch = epochs if tr.get("stopped_early") else tr["epoch"] + 1
+    return start_epoch, tr["step"], tr["history"], best_val, tr["best_epoch"], tr["bad_epochs"]
+
+
 def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimizer_kwargs, weight_decay, loss,
          amp_dtype, device, seed, rank, world, checkpoint_dir, resume, writer_cls, log_dir, progress, patience,
          min_delta, restore_best, batch_sampler, shuffle, drop_last, num_workers, grad_clip, keep_checkpoints,
@@ -365,19 +410,9 @@ def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimize
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler) if use_scaler else None
     _seed_all(seed + rank)
 
-    start_epoch, step, history = 0, 0, []
-    best_val, best_epoch, bad_epochs = math.inf, None, 0
-    if resume and checkpoint_dir is not None and ckpt.latest_checkpoint(checkpoint_dir) is not None:
-        cfg = ckpt.load_checkpoint(checkpoint_dir, model, optimizer=opt, scaler=scaler, rank=rank)
-        tr = cfg["training"]
-        if tr["world_size"] != world:
-            raise ValueError(f"the checkpoint was written by {tr['world_size']} process(es); resuming with {world} "
-                             "would change the data order and RNG streams")
-        start_epoch, step, history = tr["epoch"] + 1, tr["step"], tr["history"]
-        best_val = math.inf if tr["best_val_loss"] is None else tr["best_val_loss"]
-        best_epoch, bad_epochs = tr["best_epoch"], tr["bad_epochs"]
-        if tr.get("stopped_early"):
-            start_epoch = epochs  # the run had ended by early stopping: nothing left to do
+    start = ckpt.resume_point(checkpoint_dir, fallback=resume == "fallback") if resume else None
+    start_epoch, step, history, best_val, best_epoch, bad_epochs = _resume_from(start, model, opt, scaler, rank,
+                                                                                world, epochs)
 
     net: nn.Module = _LossModule(model, loss)
     if world > 1:
@@ -403,7 +438,8 @@ def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimize
     if callable(begin) and start_epoch < epochs:
         begin(hook_loader())  # models guard against re-initialising (Deep SVDD keeps a set centre)
 
-    last_ckpt = ckpt.latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    last_ckpt = start if start is not None else (
+        ckpt.latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None)
     stopped_early = False
     # optional model hooks around the optimizer step (SparseAE's unit-norm decoder rows)
     before_step, after_step = (getattr(model, h, None) for h in ("on_before_optimizer_step", "on_after_optimizer_step"))

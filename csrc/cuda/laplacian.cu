@@ -3,6 +3,10 @@
 // With y = s * z (s optional) and g an optional per-row weight (else 1):
 //   rows[i] = 1/2 sum_j S_ij ||y_i - y_j||^2
 //   grad[i] = grad_scale * s_i * sum_j S_ij (g_i + g_j) (y_i - y_j)
+//
+// Memory safety without a sync (direct torch.ops callers): each row's edge range is clamped to
+// [0, nnz] and an index outside [0, n) is skipped, so a malformed CSR gives a wrong loss, never an
+// out-of-bounds access. The Python side checks shapes; pyaeplus.graph.Graph validates the values.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -39,6 +43,7 @@ template <typename T>
 __global__ void laplacian_rows_grad_kernel(const T* __restrict__ z, int64_t n, int64_t d, int64_t sz0,  // z: [n, d] (row stride sz0)
                                            const int64_t* __restrict__ indptr,    // [n + 1]
                                            const int64_t* __restrict__ indices,   // [nnz]
+                                           int64_t nnz,
                                            const float* __restrict__ weights,     // [nnz]
                                            const float* __restrict__ scale,       // [n] or null
                                            const typename cuda_acc<T>::type* __restrict__ row_weight,  // [n] or null
@@ -49,7 +54,8 @@ __global__ void laplacian_rows_grad_kernel(const T* __restrict__ z, int64_t n, i
   const int lane = threadIdx.x & 31;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (i >= n) return;  // whole warp exits together
-  const int64_t p0 = indptr[i], p1 = indptr[i + 1];
+  const int64_t p0 = min(max(indptr[i], int64_t(0)), nnz);
+  const int64_t p1 = min(max(indptr[i + 1], p0), nnz);
   const A si = scale ? static_cast<A>(scale[i]) : A(1);
   const A gi = row_weight ? row_weight[i] : A(1);
   const T* zi = z + i * sz0;
@@ -67,6 +73,7 @@ __global__ void laplacian_rows_grad_kernel(const T* __restrict__ z, int64_t n, i
 #pragma unroll 4
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t j = __ldg(indices + p);
+      if (static_cast<uint64_t>(j) >= static_cast<uint64_t>(n)) continue;  // whole warp: j is uniform
       const A w = static_cast<A>(__ldg(weights + p));
       const A sj = scale ? static_cast<A>(__ldg(scale + j)) : A(1);
       const A c = grad ? (row_weight ? w * (gi + row_weight[j]) : A(2) * w) : A(0);
@@ -97,16 +104,16 @@ __global__ void laplacian_rows_grad_kernel(const T* __restrict__ z, int64_t n, i
 }
 
 void laplacian_rows_grad(uintptr_t z, int64_t n, int64_t d, int64_t sz0, uintptr_t indptr, uintptr_t indices,
-                         uintptr_t weights, uintptr_t scale, uintptr_t row_weight, double grad_scale, uintptr_t rows,
-                         uintptr_t grad, int dtype, uintptr_t stream) {
-  PYAEPLUS_CHECK(n >= 0 && d >= 0 && sz0 >= d, "laplacian_rows_grad: bad sizes");
+                         int64_t nnz, uintptr_t weights, uintptr_t scale, uintptr_t row_weight, double grad_scale,
+                         uintptr_t rows, uintptr_t grad, int dtype, uintptr_t stream) {
+  PYAEPLUS_CHECK(n >= 0 && d >= 0 && nnz >= 0 && sz0 >= d, "laplacian_rows_grad: bad sizes");
   if (n == 0) return;
   const int64_t blocks = ceil_div(n, kWarpsPerBlock);
   PYAEPLUS_CHECK(blocks <= 0x7fffffffLL, "laplacian_rows_grad: too many rows");
   PYAEPLUS_CUDA_DISPATCH_FLOATING(dtype, "laplacian_rows_grad", [&] {
     using A = typename cuda_acc<scalar_t>::type;
     laplacian_rows_grad_kernel<scalar_t><<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, as_stream(stream)>>>(
-        as_ptr<const scalar_t>(z), n, d, sz0, as_ptr<const int64_t>(indptr), as_ptr<const int64_t>(indices),
+        as_ptr<const scalar_t>(z), n, d, sz0, as_ptr<const int64_t>(indptr), as_ptr<const int64_t>(indices), nnz,
         as_ptr<const float>(weights), as_ptr<const float>(scale), as_ptr<const A>(row_weight), grad_scale,
         as_ptr<A>(rows), as_ptr<scalar_t>(grad));
     PYAEPLUS_CUDA_CHECK_LAUNCH();
@@ -117,8 +124,8 @@ void bind_laplacian(py::module_& m) {
   m.def("laplacian_rows_grad", &laplacian_rows_grad, py::call_guard<py::gil_scoped_release>(),
         "Fused Laplacian row losses + gradient over a symmetric CSR (pointers as ints; null = absent)",
         py::arg("z"), py::arg("n"), py::arg("d"), py::arg("stride0"), py::arg("indptr"), py::arg("indices"),
-        py::arg("weights"), py::arg("scale"), py::arg("row_weight"), py::arg("grad_scale"), py::arg("rows"),
-        py::arg("grad"), py::arg("dtype"), py::arg("stream"));
+        py::arg("nnz"), py::arg("weights"), py::arg("scale"), py::arg("row_weight"), py::arg("grad_scale"),
+        py::arg("rows"), py::arg("grad"), py::arg("dtype"), py::arg("stream"));
 }
 
 }  // namespace

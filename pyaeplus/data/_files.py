@@ -10,16 +10,11 @@ import tempfile
 import urllib.error
 import urllib.request
 
+from ..runtime.files import file_digest
+
 
 def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
+    return file_digest(path, hashlib.md5(usedforsecurity=False), chunk)
 
 
 def verify_md5(path: str | os.PathLike, expected: str) -> None:

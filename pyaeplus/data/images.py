@@ -26,8 +26,9 @@ class ImageFolder(Dataset):
     Args:
         root: the folder.
         mode: ``"L"`` (grayscale, 1 channel) or ``"RGB"`` (3 channels); every image is converted.
-        size: ``(H, W)`` or an int for square; None keeps each image's size (then all must match
-            to be batched).
+        size: ``(H, W)`` or an int for square; None keeps each image's size: then all must match
+            to be batched, and the constructor reads every image's header once (Pillow, no decode)
+            to check that they do (``ValueError`` naming two files of different sizes otherwise).
         extensions: file endings to include (case-insensitive).
         resample: Pillow resampling filter name for resizing (``"bilinear"``, ``"bicubic"``,
             ``"nearest"``, ``"lanczos"``, ``"box"``).
@@ -72,6 +73,25 @@ class ImageFolder(Dataset):
         self.files = [p for p, _ in files]
         self.targets = torch.tensor([c for _, c in files], dtype=torch.int64)
         self.cache = {} if cache else None
+        if size is None:
+            self._check_same_size()
+
+    def _check_same_size(self) -> None:
+        """Without ``size``, images of different sizes cannot be batched: say so now, not at the
+        first batch that mixes them."""
+        first = None
+        for path in self.files:
+            try:
+                with self._Image.open(path) as im:
+                    wh = im.size
+            except (OSError, ValueError):
+                continue  # an unreadable file raises, naming it, when its item is read
+            if first is None:
+                first = (path, wh)
+            elif wh != first[1]:
+                raise ValueError(f"images under {self.root} differ in size ({first[0].name} is {first[1][1]}x"
+                                 f"{first[1][0]}, {path.name} is {wh[1]}x{wh[0]} (H x W)); pass size=(H, W) to "
+                                 "resize them all to one size")
 
     def __len__(self) -> int:
         return len(self.files)

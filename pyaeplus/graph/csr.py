@@ -33,7 +33,9 @@ class Graph:
             ``None`` = all ones are accepted and converted).
         num_nodes: N (default ``len(indptr) - 1``).
         validate: check the arrays (default True; internal constructors that build valid
-            arrays skip it).
+            arrays skip it). Without it, int32 ``indptr``/``indices`` (as scipy gives them) and
+            other float ``weights`` are still converted to int64/float32 (the kernels' dtypes),
+            and other dtypes or ranks are refused: only the values go unchecked.
 
     A symmetric graph stores each undirected edge twice (i->j and j->i).
     """
@@ -42,6 +44,8 @@ class Graph:
                  num_nodes: int | None = None, *, validate: bool = True):
         if validate:
             indptr, indices, weights, num_nodes = self._check(indptr, indices, weights, num_nodes)
+        else:
+            indptr, indices, weights = self._convert(indptr, indices, weights)
         self.indptr = indptr
         self.indices = indices
         self.weights = weights
@@ -49,6 +53,21 @@ class Graph:
         self._cache: dict = {}
 
     # ---- validation -------------------------------------------------------------------
+    @staticmethod
+    def _convert(indptr, indices, weights):
+        """The kernels' dtypes without the value checks (``validate=False``): int32 -> int64,
+        other floats -> float32, None weights -> ones; anything else is refused."""
+        for name, t in (("indptr", indptr), ("indices", indices)):
+            if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int64, torch.int32) or t.dim() != 1:
+                raise TypeError(f"graph {name} must be a 1-d int64 (or int32) tensor, got "
+                                f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
+        if weights is None:
+            weights = torch.ones(indices.numel(), dtype=torch.float32, device=indices.device)
+        if not isinstance(weights, torch.Tensor) or not weights.is_floating_point() or weights.dim() != 1:
+            raise TypeError(f"graph weights must be a 1-d floating tensor, got {getattr(weights, 'dtype', weights)}")
+        return (indptr.to(torch.int64).contiguous(), indices.to(torch.int64).contiguous(),
+                weights.to(torch.float32).contiguous())
+
     @staticmethod
     def _check(indptr, indices, weights, num_nodes):
         for name, t in (("indptr", indptr), ("indices", indices)):
@@ -122,6 +141,11 @@ class Graph:
             raise ValueError(f"src and dst must lie in [0, num_nodes={num_nodes})")
         if weights is None:
             weights = torch.ones(src.numel(), dtype=torch.float32, device=src.device)
+        if not isinstance(weights, torch.Tensor) or not weights.is_floating_point():
+            raise TypeError(f"weights must be a floating tensor, got {getattr(weights, 'dtype', type(weights).__name__)}")
+        if weights.dim() != 1 or weights.numel() != src.numel():
+            raise ValueError(f"weights must have one value per edge: shape ({src.numel()},) like src, got "
+                             f"{tuple(weights.shape)}")
         g0 = cls(*_w.coalesce(src, dst, weights.to(torch.float32), num_nodes, reduce), num_nodes)
         if symmetrize is None:
             return g0

@@ -275,6 +275,39 @@ def _as_f32_numpy(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
 
 
+def _check_names(metric, backend, index) -> str:
+    """The metric (lower-cased), backend and index names of knn_graph / KnnIndex, checked."""
+    metric = metric.lower() if isinstance(metric, str) else metric
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if index not in INDEXES:
+        raise ValueError(f"index must be one of {INDEXES}, got {index!r}")
+    return metric
+
+
+_INDEX_PARAMS = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("M", "ef_construction", "ef_search")}
+_INT_MAX = 2**31 - 1
+
+
+def check_index_params(index: str, params: dict, n: int) -> dict:
+    """The ``index_params`` of ``index`` over ``n`` database rows, checked before FAISS sees them
+    (FAISS aborts the interpreter on some bad values: ``M=0``): ``nlist`` in [1, n], ``nprobe`` >= 1
+    (FAISS searches at most ``nlist`` lists), ``M`` in [2, 1024], ``ef_construction`` and
+    ``ef_search`` >= 1. Unknown keys are refused. Returns a dict of ints."""
+    if not isinstance(params, dict):
+        raise TypeError(f"index_params must be a dict, got {type(params).__name__}")
+    allowed = _INDEX_PARAMS[index]
+    unknown = sorted(map(str, set(params) - set(allowed)))
+    if unknown:
+        raise ValueError(f"index_params {unknown} are not parameters of index={index!r} "
+                         f"(it takes {list(allowed) if allowed else 'none'})")
+    bounds = {"nlist": (1, max(n, 1)), "nprobe": (1, _INT_MAX), "M": (2, 1024), "ef_construction": (1, _INT_MAX),
+              "ef_search": (1, _INT_MAX)}
+    return {k: _integer(f"index_params[{k!r}]", v, lo=bounds[k][0], hi=bounds[k][1]) for k, v in params.items()}
+
+
 def _faiss_searcher(db: torch.Tensor, space: str, kc: int, index: str, params: dict) -> Callable:
     import faiss
 
@@ -285,7 +318,7 @@ def _faiss_searcher(db: torch.Tensor, space: str, kc: int, index: str, params: d
         idx = faiss.IndexFlat(d, metric)
         idx.add(xb)
     elif index == "ivf":
-        nlist = params.get("nlist") or max(1, min(int(4 * math.sqrt(n)), n // 39))
+        nlist = params["nlist"] if "nlist" in params else max(1, min(int(4 * math.sqrt(n)), n // 39))
         quantizer = faiss.IndexFlat(d, metric)
         idx = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
         # faiss k-means wants about 39..256 points per centroid; sample deterministically.
@@ -293,12 +326,12 @@ def _faiss_searcher(db: torch.Tensor, space: str, kc: int, index: str, params: d
         sel = np.random.default_rng(0).choice(n, ntrain, replace=False) if ntrain < n else slice(None)
         idx.train(xb[sel])
         idx.add(xb)
-        idx.nprobe = int(params.get("nprobe") or max(1, min(nlist, nlist // 8 + 1, 64)))
+        idx.nprobe = min(nlist, params["nprobe"]) if "nprobe" in params else max(1, min(nlist, nlist // 8 + 1, 64))
     elif index == "hnsw":
         idx = faiss.IndexHNSWFlat(d, int(params.get("M", 32)), metric)
         idx.hnsw.efConstruction = int(params.get("ef_construction", 200))
         idx.add(xb)
-        idx.hnsw.efSearch = int(params.get("ef_search") or max(128, 2 * kc))
+        idx.hnsw.efSearch = params["ef_search"] if "ef_search" in params else max(128, 2 * kc)
     else:
         raise AssertionError(index)
     kk = min(kc, n)
@@ -562,7 +595,10 @@ def knn_graph(x, k: int, *, metric: str = "l2", backend: str = "auto", index: st
             own shard of the rows (in rank order); queries are exchanged chunk by chunk, each
             rank searches its shard, and the per-rank candidates are merged exactly with the
             same tie rule. Every rank returns the full graph over the concatenated rows.
-        index_params: parameters of the approximate FAISS indexes (see ``index``).
+        index_params: parameters of the approximate FAISS indexes (see ``index``), checked before
+            FAISS sees them (:func:`check_index_params`: ``nlist`` in [1, N], ``nprobe`` >= 1 and at
+            most ``nlist`` searched, ``M`` in [2, 1024], ``ef_construction``/``ef_search`` >= 1;
+            other keys are refused).
         tf32: let the Triton kernel use TF32 tensor cores for the candidate search (faster;
             the returned distances are recomputed exactly in float32 either way).
 
@@ -570,22 +606,13 @@ def knn_graph(x, k: int, *, metric: str = "l2", backend: str = "auto", index: st
         :class:`KnnGraph` with ``indices`` (N, k) int64 and ``distances`` (N, k) float32 on the
         CPU.
     """
-    metric = metric.lower() if isinstance(metric, str) else metric
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if index not in INDEXES:
-        raise ValueError(f"index must be one of {INDEXES}, got {index!r}")
+    metric = _check_names(metric, backend, index)
     _validate_x(x)
     if chunk_size is not None:
         chunk_size = _integer("chunk_size", chunk_size, lo=1)
-    if index_params is not None and not isinstance(index_params, dict):
-        raise TypeError(f"index_params must be a dict, got {type(index_params).__name__}")
-    params = dict(index_params or {})
     device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
     if distributed:
-        if index != "flat" or params:
+        if index != "flat" or index_params:
             raise ValueError(f"distributed=True supports index='flat' only (exact merge), got index={index!r}")
         from . import _distributed
         return _distributed.knn_graph_distributed(x, k, metric=metric, backend=backend, exclude_self=exclude_self,
@@ -594,6 +621,7 @@ def knn_graph(x, k: int, *, metric: str = "l2", backend: str = "auto", index: st
     if n >= 0xFFFFFFFF:
         raise ValueError(f"x has {n} rows; knn_graph packs row indices in 32 bits (at most 2**32 - 2 rows)")
     k = _integer("k", k, lo=1, hi=n - 1 if exclude_self else n)
+    params = check_index_params(index, {} if index_params is None else index_params, n)
     backend = resolve_backend(backend, device, metric, index)
     rows = _Rows(x)
     chunk = chunk_size or _default_chunk(backend)
@@ -750,13 +778,7 @@ class KnnIndex:
 
     def __init__(self, database, *, metric: str = "l2", backend: str = "auto", index: str = "flat",
                  index_params: dict | None = None, tf32: bool = False):
-        metric = metric.lower() if isinstance(metric, str) else metric
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if index not in INDEXES:
-            raise ValueError(f"index must be one of {INDEXES}, got {index!r}")
+        metric = _check_names(metric, backend, index)
         if index_params is not None and not isinstance(index_params, dict):
             raise TypeError(f"index_params must be a dict, got {type(index_params).__name__}")
         _validate_x(database, "database")
@@ -765,6 +787,7 @@ class KnnIndex:
         self.params = dict(index_params or {})
         self.backend = resolve_backend(backend, device, metric, index)
         rows = _Rows(database)
+        self.params = check_index_params(index, self.params, rows.n)
         _check_rows(rows, metric, 1 << 14, "database")
         # The whole database in memory as a tensor: one gather path for re-rank and repair.
         self._rows = _Rows(rows.get(0, rows.n).to(device))

@@ -5,6 +5,10 @@ One program per row i of the symmetric operand CSR S: it gathers the rows z_j of
 BLOCK_E neighbours at a time as a (BLOCK_E, BLOCK_D) tile, and accumulates both the row's loss
 share and its gradient in registers; every program writes only its own row, so there are no
 atomics and the result is deterministic.
+
+Memory safety without a sync (direct callers of the op): each row's edge range is clamped to
+[0, nnz] and indices outside [0, N) are masked (weight 0, no gather), so a malformed CSR gives a
+wrong loss, never an out-of-bounds access. ``pyaeplus.graph.Graph`` validates the values.
 """
 
 from __future__ import annotations
@@ -24,13 +28,13 @@ def _laplacian_rows_grad_kernel(
     roww_ptr,              # [N] acc dtype (g) when HAS_ROWW
     rows_ptr,              # [N] acc dtype out when NEED_ROWS
     grad_ptr,              # [N, D] z dtype out (contiguous) when NEED_GRAD
-    D, grad_scale,
+    N, NNZ, D, grad_scale,
     HAS_SCALE: tl.constexpr, HAS_ROWW: tl.constexpr, NEED_ROWS: tl.constexpr, NEED_GRAD: tl.constexpr,
     ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     i = tl.program_id(0).to(tl.int64)
-    start = tl.load(indptr_ptr + i)
-    end = tl.load(indptr_ptr + i + 1)
+    start = tl.minimum(tl.maximum(tl.load(indptr_ptr + i), 0), NNZ)
+    end = tl.minimum(tl.maximum(tl.load(indptr_ptr + i + 1), start), NNZ)
     if HAS_SCALE:
         si = tl.load(scale_ptr + i).to(ACC)
     else:
@@ -48,8 +52,9 @@ def _laplacian_rows_grad_kernel(
         acc = tl.zeros([BLOCK_D], dtype=ACC)
         for e0 in range(start, end, BLOCK_E):
             offs_e = e0 + offs_e0
-            me = offs_e < end
-            j = tl.load(indices_ptr + offs_e, mask=me, other=0)
+            j = tl.load(indices_ptr + offs_e, mask=offs_e < end, other=0)
+            me = (offs_e < end) & (j >= 0) & (j < N)  # out-of-range indices are masked edges
+            j = tl.where(me, j, 0)
             # masked edges get w = 0, so their (meaningless) diff contributes nothing
             w = tl.load(weights_ptr + offs_e, mask=me, other=0.0).to(ACC)
             zj = tl.load(z_ptr + j[:, None] * sz0 + offs_d[None, :], mask=me[:, None] & md[None, :],
@@ -85,7 +90,7 @@ def laplacian_rows_grad(z: torch.Tensor, indptr: torch.Tensor, indices: torch.Te
 
     z: (N, d) float32/float16/bfloat16/float64 (made unit-stride in d); indptr (N+1,), indices
     (nnz,) int64; weights (nnz,) float32; scale (N,) float32 or None; row_weight (N,) acc dtype
-    or None.
+    or None; the 1-d operands contiguous. Bad index values are masked (see the module docstring).
     """
     if z.stride(1) != 1:
         z = z.contiguous()
@@ -104,7 +109,7 @@ def laplacian_rows_grad(z: torch.Tensor, indptr: torch.Tensor, indices: torch.Te
         row_weight if row_weight is not None else dummy,
         rows if need_rows else dummy,
         grad if need_grad else z,
-        d, float(grad_scale),
+        n, indices.shape[0], d, float(grad_scale),
         HAS_SCALE=scale is not None, HAS_ROWW=row_weight is not None, NEED_ROWS=need_rows,
         NEED_GRAD=need_grad, ACC=tl.float64 if acc == torch.float64 else tl.float32,
         BLOCK_E=block_e, BLOCK_D=block_d, num_warps=2 if block_d <= 64 else 4,

@@ -134,8 +134,10 @@ def _topk_bwd_kernel(g_ptr, sg0, m_ptr, sm0, idx_ptr, out_ptr, D, K, GATHER: tl.
     tl.debug_barrier()
     offs_k = tl.arange(0, BLOCK_K)
     for start in range(0, K, BLOCK_K):
-        kv = start + offs_k < K
-        c = tl.load(idx_ptr + row * K + start + offs_k, mask=kv, other=0)
+        c = tl.load(idx_ptr + row * K + start + offs_k, mask=start + offs_k < K, other=0)
+        # an index outside [0, D) is skipped (memory safety for direct callers; no sync to raise)
+        kv = (start + offs_k < K) & (c >= 0) & (c < D)
+        c = tl.where(kv, c, 0)
         if GATHER:
             src = c
         else:
@@ -179,7 +181,8 @@ def topk_backward(grad: torch.Tensor, gather: bool, mask: torch.Tensor | None, i
                   D: int) -> torch.Tensor:
     """grad_x (B, D): zeros except ``grad_x[r, idx[r, j]]`` = ``grad[r, j]`` (or
     ``grad[r, idx[r, j]]`` when ``gather``), zeroed where ``mask`` (same layout as grad) <= 0.
-    grad/mask need a unit element stride; idx is (B, k) contiguous int64."""
+    grad/mask need a unit element stride; idx is (B, k) contiguous int64. Indices outside [0, D)
+    are skipped (their gradient is dropped), never stored out of bounds."""
     idx = idx.contiguous()
     B, k = idx.shape
     out = torch.empty((B, D), dtype=grad.dtype, device=grad.device)

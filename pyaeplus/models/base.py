@@ -102,6 +102,7 @@ def check_input(name: str, x, feature_shape: tuple[int, ...]) -> torch.Tensor:
         raise ValueError(f"{name} must have shape (B, {', '.join(map(str, feature_shape))})"
                          + (f" or (B, {flat})" if len(feature_shape) > 1 else "")
                          + f", got {tuple(x.shape)}")
+    _validate.not_meta(name, x)
     _validate.finite(name, x)
     return x
 

@@ -11,6 +11,11 @@ one more pass with per-row weights. Per-row losses are reduced with ``torch.sum`
 Arguments shared by both ops: ``z`` (N, d) latents; ``indptr`` (N+1,) int64, ``indices`` (nnz,)
 int64, ``weights`` (nnz,) float32: the CSR of S; ``scale`` (N,) float32 or None: the per-node
 factor s (``"sym"``); ``reduction``: 0 none, 1 sum, 2 mean; ``divisor``: what "mean" divides by.
+
+Both ops check shapes, dtypes and devices at entry (``ops/_guard.py``). Index values: the CPU
+kernel raises ``ValueError`` on a malformed ``indptr`` or an index outside [0, N); the CUDA and
+Triton kernels clamp each row's edge range to [0, nnz] and skip out-of-range indices (no sync), so a
+bad CSR gives a wrong loss, never an out-of-bounds access. ``pyaeplus.graph.Graph`` validates.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from torch import Tensor
 
 from .. import _ext
 from ..reference import laplacian as ref
+from . import _guard
 from ._dispatch import run
 
 RED_NONE, RED_SUM, RED_MEAN = 0, 1, 2
@@ -47,24 +53,30 @@ def _alloc(z: Tensor, need_rows: bool, need_grad: bool) -> tuple[Tensor, Tensor]
 def _cpu_impl(z, indptr, indices, weights, scale, row_weight, grad_scale, need_rows, need_grad):
     z = z.contiguous()  # unit inner stride; the kernel takes the row stride
     rows, grad = _alloc(z, need_rows, need_grad)
+    # z: [N, d] (row stride); indptr [N+1], indices/weights [nnz], scale/row_weight [N]: contiguous.
+    # The kernel checks indptr (0, non-decreasing, nnz) and every index (raises ValueError).
     _ext.cpu_ext().laplacian_rows_grad(
-        _ext.ptr(z), z.shape[0], z.shape[1], z.stride(0), _ext.ptr(indptr), _ext.ptr(indices), _ext.ptr(weights),
-        _ext.ptr(scale), _ext.ptr(row_weight), float(grad_scale), _ext.ptr(rows) if need_rows else 0,
-        _ext.ptr(grad) if need_grad else 0, _ext.dtype_code(z))
+        _ext.ptr(z), z.shape[0], z.shape[1], z.stride(0), _ext.ptr(indptr), _ext.ptr(indices), indices.shape[0],
+        _ext.ptr(weights), _ext.ptr(scale), _ext.ptr(row_weight), float(grad_scale),
+        _ext.ptr(rows) if need_rows else 0, _ext.ptr(grad) if need_grad else 0, _ext.dtype_code(z))
     return rows, grad
 
 
 def _cuda_impl(z, indptr, indices, weights, scale, row_weight, grad_scale, need_rows, need_grad):
     z = z.contiguous()
     rows, grad = _alloc(z, need_rows, need_grad)
+    # The kernel clamps each row's edge range to [0, nnz] and skips indices outside [0, N) (no sync).
     _ext.cuda_ext().laplacian_rows_grad(
-        _ext.ptr(z), z.shape[0], z.shape[1], z.stride(0), _ext.ptr(indptr), _ext.ptr(indices), _ext.ptr(weights),
-        _ext.ptr(scale), _ext.ptr(row_weight), float(grad_scale), _ext.ptr(rows) if need_rows else 0,
-        _ext.ptr(grad) if need_grad else 0, _ext.dtype_code(z), _ext.stream(z))
+        _ext.ptr(z), z.shape[0], z.shape[1], z.stride(0), _ext.ptr(indptr), _ext.ptr(indices), indices.shape[0],
+        _ext.ptr(weights), _ext.ptr(scale), _ext.ptr(row_weight), float(grad_scale),
+        _ext.ptr(rows) if need_rows else 0, _ext.ptr(grad) if need_grad else 0, _ext.dtype_code(z), _ext.stream(z))
     return rows, grad
 
 
 def _rows_grad(device, z, indptr, indices, weights, scale, row_weight, grad_scale, need_rows, need_grad):
+    # The kernels index the 1-d operands by position: unit stride (a no-op for the usual tensors).
+    indptr, indices, weights = indptr.contiguous(), indices.contiguous(), weights.contiguous()
+    scale = None if scale is None else scale.contiguous()
     args = (z, indptr, indices, weights, scale, row_weight, grad_scale, need_rows, need_grad)
     return run("laplacian_loss", device,
                triton=lambda: _triton().laplacian_rows_grad(*args),
@@ -83,6 +95,7 @@ def _reduce(rows: Tensor, reduction: int, divisor: float) -> Tensor:
 # ---- forward: loss (+ saved gradient) ---------------------------------------------------
 
 def _forward(z, indptr, indices, weights, scale, reduction, divisor, need_grad):
+    _guard.laplacian("laplacian_loss", z, indptr, indices, weights, scale, reduction)
     fused = need_grad and reduction != RED_NONE
     grad_scale = 1.0 / divisor if reduction == RED_MEAN else 1.0
     rows, grad = _rows_grad(z.device, z, indptr, indices, weights, scale, None, grad_scale, True, fused)
@@ -112,6 +125,8 @@ def _(z, indptr, indices, weights, scale, reduction, divisor, need_grad):
 # ---- backward -----------------------------------------------------------------------------
 
 def _backward_impl(grad_out, z, indptr, indices, weights, scale, saved_grad, reduction, divisor):
+    _guard.laplacian("laplacian_loss_backward", z, indptr, indices, weights, scale, reduction)
+    _guard.laplacian_backward("laplacian_loss_backward", grad_out, z, saved_grad, reduction)
     acc = _acc(z.dtype)
     if reduction != RED_NONE and saved_grad.numel() == z.numel() and z.numel() > 0:
         # The fused forward already holds d(loss)/dz: only the scaling by grad_output is left.

@@ -10,7 +10,9 @@
   grad_out row is loaded once, weight rows are read in order instead of gathered).
 
 The backward calls only what ``ctx.needs_input_grad`` asks for. Every implementation here receives contiguous tensors
-(``.contiguous()`` below: a no-op for the usual layouts).
+(``.contiguous()`` below: a no-op for the usual layouts). Every op checks shapes, dtypes and devices at entry
+(``ops/_guard.py``); index values are bounds-checked by the CPU kernels (ValueError) and masked by the CUDA and
+Triton kernels (an out-of-range index contributes zero).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from .. import _ext
 from ..reference import sparse_decode as ref
+from . import _guard
 from ._dispatch import run
 
 
@@ -56,6 +59,7 @@ def _forward_triton(values, indices, weight, bias) -> torch.Tensor:
 @torch.library.custom_op("pyaeplus::sparse_decode", mutates_args=(), device_types="cuda")
 def sparse_decode(values: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor,
                   bias: Optional[torch.Tensor]) -> torch.Tensor:
+    _guard.sparse_decode("sparse_decode", values, indices, weight, bias)
     return run("sparse_decode", values.device,
                triton=lambda: _forward_triton(values, indices, weight, bias),
                cuda=lambda: _forward_compiled(_ext.cuda_ext(), values, indices, weight, bias, cuda=True),
@@ -64,6 +68,7 @@ def sparse_decode(values: torch.Tensor, indices: torch.Tensor, weight: torch.Ten
 
 @sparse_decode.register_kernel("cpu")
 def _(values, indices, weight, bias):
+    _guard.sparse_decode("sparse_decode", values, indices, weight, bias)
     return run("sparse_decode", values.device,
                cpu=lambda: _forward_compiled(_ext.cpu_ext(), values, indices, weight, bias, cuda=False),
                torch_=lambda: ref.sparse_decode(values, indices, weight, bias))
@@ -91,6 +96,7 @@ def _grad_values_compiled(ext, grad_out, indices, weight, *, cuda: bool) -> torc
 
 @torch.library.custom_op("pyaeplus::_sparse_decode_grad_values", mutates_args=(), device_types="cuda")
 def _sparse_decode_grad_values(grad_out: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    _guard.sparse_decode_grad("_sparse_decode_grad_values", grad_out, indices, weight)
     return run("sparse_decode", weight.device,
                triton=lambda: _triton().sparse_decode_grad_values(_c(grad_out), _c(indices), _c(weight)),
                cuda=lambda: _grad_values_compiled(_ext.cuda_ext(), grad_out, indices, weight, cuda=True),
@@ -99,6 +105,7 @@ def _sparse_decode_grad_values(grad_out: torch.Tensor, indices: torch.Tensor, we
 
 @_sparse_decode_grad_values.register_kernel("cpu")
 def _(grad_out, indices, weight):
+    _guard.sparse_decode_grad("_sparse_decode_grad_values", grad_out, indices, weight)
     return run("sparse_decode", weight.device,
                cpu=lambda: _grad_values_compiled(_ext.cpu_ext(), grad_out, indices, weight, cuda=False),
                torch_=lambda: ref.sparse_decode_grad_values(grad_out, indices, weight))
@@ -148,6 +155,7 @@ def _grad_weight_triton(grad_out, values, indices, weight) -> torch.Tensor:
 @torch.library.custom_op("pyaeplus::_sparse_decode_grad_weight", mutates_args=(), device_types="cuda")
 def _sparse_decode_grad_weight(grad_out: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
                                weight: torch.Tensor) -> torch.Tensor:
+    _guard.sparse_decode_grad("_sparse_decode_grad_weight", grad_out, indices, weight, values)
     return run("sparse_decode", weight.device,
                triton=lambda: _grad_weight_triton(grad_out, values, indices, weight),
                cuda=lambda: _grad_weight_cuda(grad_out, values, indices, weight),
@@ -156,6 +164,7 @@ def _sparse_decode_grad_weight(grad_out: torch.Tensor, values: torch.Tensor, ind
 
 @_sparse_decode_grad_weight.register_kernel("cpu")
 def _(grad_out, values, indices, weight):
+    _guard.sparse_decode_grad("_sparse_decode_grad_weight", grad_out, indices, weight, values)
     return run("sparse_decode", weight.device,
                cpu=lambda: _grad_weight_cpu(grad_out, values, indices, weight, False)[1],
                torch_=lambda: ref.sparse_decode_grad_weight(grad_out, values, indices, weight))
@@ -172,6 +181,7 @@ def _(grad_out, values, indices, weight):
 def _sparse_decode_backward(grad_out: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
                             weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_values (B, k), grad_weight (D, N)). On CUDA the two kernels run one after the other."""
+    _guard.sparse_decode_grad("_sparse_decode_backward", grad_out, indices, weight, values)
     def separate(gv_fn, gw_fn):
         return lambda: (gv_fn(), gw_fn())
 
@@ -186,6 +196,7 @@ def _sparse_decode_backward(grad_out: torch.Tensor, values: torch.Tensor, indice
 
 @_sparse_decode_backward.register_kernel("cpu")
 def _(grad_out, values, indices, weight):
+    _guard.sparse_decode_grad("_sparse_decode_backward", grad_out, indices, weight, values)
     # One fused sweep: grad_values from the grad_weight pass (no random gather of weight rows).
     return run("sparse_decode", weight.device,
                cpu=lambda: _grad_weight_cpu(grad_out, values, indices, weight, True),

@@ -7,6 +7,8 @@ Forward: ``(x, y, window, c1, c2, padding, want_map) -> (ssim_sum, cs_sum, l1_su
   ssim_sum, cs_sum, l1_sum: (N, C) float32 (float64); map: (N, C, Ho, Wo) or (0,).
 Backward (by recomputation; only x, y and the window are saved):
   ``(grad_ssim, grad_cs, grad_l1, grad_map?, x, y, window, c1, c2, padding) -> (dx, dy)``.
+Both ops check shapes, dtypes and devices at entry (``_entry``: ``_check`` and ``ops/_guard.py``),
+so direct ``torch.ops.pyaeplus`` calls cannot make a kernel read or write out of bounds.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from .. import _ext
 from ..reference import ssim as ref
+from . import _guard
 from ._dispatch import run
 
 PADDING_CODES = {"valid": 0, "same": 1, "zeros": 1, "reflect": 2, "replicate": 3, "circular": 4}
@@ -143,9 +146,18 @@ def _cuda_backward(grad_ssim, grad_cs, grad_l1, grad_map, x, y, window, c1, c2, 
 # ---- end CUDA glue ----
 
 
+def _entry(x, y, window, padding, grads=None, grad_map=None) -> None:
+    _check(x, y, window, padding)
+    if grads is None:
+        _guard.ssim("ssim_stats", x, y, window)
+    else:
+        _guard.ssim_backward("ssim_stats_backward", grads, grad_map, x, y, window, padding)
+
+
 @torch.library.custom_op("pyaeplus::ssim_stats", mutates_args=(), device_types="cuda")
 def ssim_stats(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor, c1: float, c2: float, padding: int,
                want_map: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _entry(x, y, window, padding)
     return run("ssim_stats", x.device,
                triton=lambda: _triton().ssim_stats_forward(x, y, window, c1, c2, padding, want_map),
                cuda=lambda: _cuda_forward(x, y, window, c1, c2, padding, want_map),  # noqa: F821 (glue block)
@@ -154,6 +166,7 @@ def ssim_stats(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor, c1: float
 
 @ssim_stats.register_kernel("cpu")
 def _(x, y, window, c1, c2, padding, want_map):
+    _entry(x, y, window, padding)
     return run("ssim_stats", x.device,
                cpu=lambda: _cpu_forward(x, y, window, c1, c2, padding, want_map),
                torch_=lambda: ref.ssim_stats(x, y, window, c1, c2, padding, want_map))
@@ -173,6 +186,7 @@ def _(x, y, window, c1, c2, padding, want_map):
 def ssim_stats_backward(grad_ssim: torch.Tensor, grad_cs: torch.Tensor, grad_l1: torch.Tensor,
                         grad_map: Optional[torch.Tensor], x: torch.Tensor, y: torch.Tensor, window: torch.Tensor,
                         c1: float, c2: float, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+    _entry(x, y, window, padding, (grad_ssim, grad_cs, grad_l1), grad_map)
     args = (grad_ssim, grad_cs, grad_l1, grad_map, x, y, window, c1, c2, padding)
     return run("ssim_stats_backward", x.device,
                triton=lambda: _triton().ssim_stats_backward(*args),
@@ -182,6 +196,7 @@ def ssim_stats_backward(grad_ssim: torch.Tensor, grad_cs: torch.Tensor, grad_l1:
 
 @ssim_stats_backward.register_kernel("cpu")
 def _(grad_ssim, grad_cs, grad_l1, grad_map, x, y, window, c1, c2, padding):
+    _entry(x, y, window, padding, (grad_ssim, grad_cs, grad_l1), grad_map)
     args = (grad_ssim, grad_cs, grad_l1, grad_map, x, y, window, c1, c2, padding)
     return run("ssim_stats_backward", x.device, cpu=lambda: _cpu_backward(*args),
                torch_=lambda: ref.ssim_stats_backward(*args))

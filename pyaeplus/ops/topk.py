@@ -27,6 +27,7 @@ import torch
 
 from .. import _ext
 from ..reference import topk as ref
+from . import _guard
 from ._dispatch import run
 
 Tensor = torch.Tensor
@@ -44,18 +45,38 @@ def _rowmajor(t: Tensor) -> Tensor:
 
 def _check(x: Tensor, k: int) -> None:
     # Memory safety for direct torch.ops calls; the public function has checked already.
-    if x.dim() != 2:
-        raise ValueError(f"x must be 2-d (B, D), got shape {tuple(x.shape)}")
+    if x.dim() != 2 or x.dtype not in _guard.FLOATING:
+        raise ValueError(f"x must be 2-d (B, D) and floating, got {x.dtype} {tuple(x.shape)}")
     if not 1 <= k <= x.shape[1]:
         raise ValueError(f"k must be in [1, D={x.shape[1]}], got {k}")
 
 
-def _check_bwd(grad: Tensor, indices: Tensor, D: int) -> None:
-    if indices.dim() != 2 or indices.dtype != torch.int64 or grad.shape[0] != indices.shape[0]:
+def _check_bwd(grad: Tensor, indices: Tensor, D: int, mask: Optional[Tensor], gather: bool) -> None:
+    """Shapes and dtypes the backward kernels index by (index values: the CPU kernel raises on one
+    outside [0, D), the CUDA and Triton kernels skip it). One boolean expression on the hot path
+    (see ``ops/_guard.py``); ``_explain_bwd`` raises the message."""
+    gs, js = grad.shape, indices.shape
+    if (len(js) == 2 and len(gs) == 2 and indices.dtype is torch.int64 and gs[0] == js[0] and 1 <= D
+            and js[1] <= D and gs[1] == (D if gather else js[1]) and grad.dtype in _guard.FLOATING
+            and (mask is None or (mask.shape == gs and mask.dtype is grad.dtype and mask.device == grad.device))
+            and grad.device == indices.device):
+        return
+    _explain_bwd(grad, indices, D, mask, gather)
+
+
+def _explain_bwd(grad: Tensor, indices: Tensor, D: int, mask: Optional[Tensor], gather: bool) -> None:
+    if indices.dim() != 2 or indices.dtype != torch.int64 or grad.dim() != 2 or grad.shape[0] != indices.shape[0]:
         raise ValueError(f"indices must be int64 (B, k) matching grad's rows, got {indices.dtype} "
                          f"{tuple(indices.shape)} for grad {tuple(grad.shape)}")
-    if indices.shape[1] > D:
-        raise ValueError(f"indices has {indices.shape[1]} columns, more than D={D}")
+    if not 1 <= D or indices.shape[1] > D:
+        raise ValueError(f"D must be >= 1 and >= the {indices.shape[1]} columns of indices, got D={D}")
+    width = D if gather else indices.shape[1]
+    if grad.shape[1] != width or grad.dtype not in _guard.FLOATING:
+        raise ValueError(f"grad must be a floating (B, {width}) tensor, got {grad.dtype} {tuple(grad.shape)}")
+    if mask is not None and (mask.shape != grad.shape or mask.dtype != grad.dtype):
+        raise ValueError(f"the mask (forward output) must have grad's shape {tuple(grad.shape)} and dtype "
+                         f"{grad.dtype}, got {mask.dtype} {tuple(mask.shape)}")
+    _guard.same_device("topk backward", grad=grad, indices=indices, mask=mask)
 
 
 def sort_selected(x: Tensor, idx: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
@@ -175,7 +196,7 @@ def _(x, k, relu):
 
 @torch.library.custom_op("pyaeplus::topk_sparse_backward", mutates_args=(), device_types="cuda")
 def topk_sparse_backward(grad_values: Tensor, indices: Tensor, values: Optional[Tensor], D: int) -> Tensor:
-    _check_bwd(grad_values, indices, D)
+    _check_bwd(grad_values, indices, D, values, False)
     return run("topk_sparse_backward", grad_values.device,
                triton=lambda: _triton_backward(grad_values, False, values, indices, D),
                cuda=lambda: _backward_impl(grad_values, False, values, indices, D),
@@ -184,7 +205,7 @@ def topk_sparse_backward(grad_values: Tensor, indices: Tensor, values: Optional[
 
 @topk_sparse_backward.register_kernel("cpu")
 def _(grad_values, indices, values, D):
-    _check_bwd(grad_values, indices, D)
+    _check_bwd(grad_values, indices, D, values, False)
     return run("topk_sparse_backward", grad_values.device,
                cpu=lambda: _backward_impl(grad_values, False, values, indices, D),
                torch_=lambda: ref.topk_sparse_backward(grad_values, indices, values, D))
@@ -198,7 +219,7 @@ def _(grad_values, indices, values, D):
 @torch.library.custom_op("pyaeplus::topk_dense_backward", mutates_args=(), device_types="cuda")
 def topk_dense_backward(grad_y: Tensor, indices: Tensor, y: Optional[Tensor]) -> Tensor:
     D = grad_y.shape[1]
-    _check_bwd(grad_y, indices, D)
+    _check_bwd(grad_y, indices, D, y, True)
     return run("topk_dense_backward", grad_y.device,
                triton=lambda: _triton_backward(grad_y, True, y, indices, D),
                cuda=lambda: _backward_impl(grad_y, True, y, indices, D),
@@ -208,7 +229,7 @@ def topk_dense_backward(grad_y: Tensor, indices: Tensor, y: Optional[Tensor]) ->
 @topk_dense_backward.register_kernel("cpu")
 def _(grad_y, indices, y):
     D = grad_y.shape[1]
-    _check_bwd(grad_y, indices, D)
+    _check_bwd(grad_y, indices, D, y, True)
     return run("topk_dense_backward", grad_y.device,
                cpu=lambda: _backward_impl(grad_y, True, y, indices, D),
                torch_=lambda: ref.topk_dense_backward(grad_y, indices, y))

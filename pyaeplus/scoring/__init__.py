@@ -10,7 +10,8 @@
 
 from .detector import AnomalyDetector
 from .engine import SCORES, fingerprint, read_scores, score
-from .thresholds import METHODS, Normalizer, combine, feature_subsets, metrics, normalize, pot_threshold, threshold
+from .thresholds import (METHODS, Normalizer, check_threshold, combine, feature_subsets, metrics, normalize,
+                         pot_threshold, threshold)
 
-__all__ = ["score", "read_scores", "fingerprint", "SCORES", "threshold", "pot_threshold", "metrics", "METHODS",
-           "Normalizer", "normalize", "combine", "feature_subsets", "AnomalyDetector"]
+__all__ = ["score", "read_scores", "fingerprint", "SCORES", "threshold", "check_threshold", "pot_threshold", "metrics",
+           "METHODS", "Normalizer", "normalize", "combine", "feature_subsets", "AnomalyDetector"]

@@ -7,12 +7,15 @@ import json
 import math
 import os
 import pathlib
-import shutil
 import time
 from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from .._validate import integer
+from ..runtime.devices import resolve_device
+from .ledger import ScoreLedger
 
 SCORES = ("model", "mse", "mae", "bce", "ssim", "ms_ssim", "latent_knn", "svdd", "elbo")
 
@@ -157,9 +160,8 @@ def _score_fn(name, model, knn_ref, k: int, maps: bool,
 
 
 # ---- fingerprint / ledger ----------------------------------------------------------------------
-def fingerprint(model: torch.nn.Module, score_name: str, n: int, extra: dict | None = None) -> str:
-    """sha256 over the model's class, config and weights, the score name, the row count and ``extra``:
-    a resumed job with other settings is refused."""
+def _model_digest(model: torch.nn.Module) -> str:
+    """sha256 over the model's class, config and weights."""
     h = hashlib.sha256()
     h.update(type(model).__qualname__.encode())
     cfg = getattr(model, "config", None)
@@ -168,26 +170,27 @@ def fingerprint(model: torch.nn.Module, score_name: str, n: int, extra: dict | N
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
                  if t.numel() else b"")
+    return h.hexdigest()
+
+
+def fingerprint(model: torch.nn.Module, score_name: str, n: int, extra: dict | None = None) -> str:
+    """sha256 over the model's class, config and weights, the score name, the row count and ``extra``:
+    a resumed job with other settings is refused."""
+    h = hashlib.sha256(_model_digest(model).encode())
     h.update(json.dumps({"score": score_name, "n": n, **(extra or {})}, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
-def _atomic_json(path: pathlib.Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _job_fingerprint(model, ds, n: int, score, data_id: str | None, settings: dict) -> dict[str, str]:
+    """The named components a resumed job must match (see ``scoring/ledger.py``): the model, the
+    score (a callable by its code), the data (sampled rows' content, shape and dtype, or
+    ``data_id``), the row count and the settings."""
+    from ..runtime import callable_fingerprint, data_fingerprint
 
-
-def _atomic_npy(path: pathlib.Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    data = ("id:" + hashlib.sha256(data_id.encode()).hexdigest()) if data_id is not None else data_fingerprint(ds, n)
+    return {"model": _model_digest(model),
+            "score": score if isinstance(score, str) else "callable:" + callable_fingerprint(score),
+            "data": data, "rows": str(n), "settings": json.dumps(settings, sort_keys=True, default=str)}
 
 
 def _check_out(out) -> tuple[pathlib.Path, str]:
@@ -203,24 +206,6 @@ def _check_out(out) -> tuple[pathlib.Path, str]:
         except ImportError:
             raise ValueError("out=*.parquet needs pyarrow (pip install pyarrow); use .npy or .csv") from None
     return p, fmt
-
-
-def _write_final(p: pathlib.Path, fmt: str, scores: np.ndarray) -> None:
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    if fmt == "npy":
-        with open(tmp, "wb") as f:
-            np.save(f, scores)
-    elif fmt == "csv":
-        with open(tmp, "w") as f:
-            f.write("index,score\n")
-            for i, s in enumerate(scores.tolist()):
-                f.write(f"{i},{s!r}\n")
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.table({"index": np.arange(len(scores), dtype=np.int64), "score": scores}), tmp)
-    os.replace(tmp, p)
 
 
 def read_scores(path) -> np.ndarray:
@@ -242,7 +227,51 @@ def _device(device) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
-    return torch.device(device)
+    return resolve_device(device)
+
+
+def _check_args(model, score, batch_size, num_workers, chunk_size, k, knn_reference, data_id) -> None:
+    """Every argument of :func:`score` that can be checked before any data is read."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(score) and score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES} or a callable(model, x) -> (B,), got {score!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    if chunk_size is not None:
+        integer("chunk_size", chunk_size, lo=1)
+    if score == "svdd" and not hasattr(model, "c"):
+        raise ValueError("score='svdd' needs a Deep SVDD model (pyaeplus.models 'svdd')")
+    if score == "elbo" and not hasattr(model, "encode_dist"):
+        raise ValueError("score='elbo' needs a VAE model (pyaeplus.models 'vae')")
+    if score == "latent_knn":
+        if knn_reference is None:
+            raise ValueError("score='latent_knn' needs knn_reference (the normal training samples)")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+    if data_id is not None and not isinstance(data_id, str):
+        raise TypeError(f"data_id must be a str or None, got {type(data_id).__name__}")
+
+
+def _knn_reference(model, ref, n: int, batch_size: int, dev, k: int, metric: str, backend: str,
+                   exclude_self: bool):
+    """(KnnIndex over the reference latents, their digest for the ledger). The reference size is
+    checked against ``k`` (and ``data`` for ``exclude_self``) before anything is encoded."""
+    from ..graph.knn import KnnIndex
+    from ..runtime import tensor_digest
+
+    ref_ds = _dataset(ref)
+    m = len(ref_ds)
+    if exclude_self and m != n:
+        raise ValueError(f"knn_exclude_self=True needs data to be knn_reference itself, but data has {n} rows "
+                         f"and knn_reference {m}")
+    if k + int(exclude_self) > m:
+        extra = " with knn_exclude_self=True needs more than k" if exclude_self else " needs at least k"
+        raise ValueError(f"k={k}{extra} knn_reference rows, got {m}")
+    lat = _latents(model, ref_ds, batch_size, dev)
+    return KnnIndex(lat, metric=metric, backend=backend), tensor_digest(lat)
 
 
 def _use_amp(amp, cuda: bool) -> bool:
@@ -257,7 +286,7 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
           device: str | torch.device = "auto", amp: bool = True, num_workers: int = 0, out=None,
           resume: bool = True, maps: bool = False, progress: bool = True, chunk_size: int | None = None,
           knn_reference=None, k: int = 5, knn_metric: str = "l2", knn_backend: str = "auto",
-          knn_exclude_self: bool = False) -> np.ndarray:
+          knn_exclude_self: bool = False, data_id: str | None = None) -> np.ndarray:
     """Score every sample of ``data`` with ``model``, in input order (higher = more anomalous).
 
     Args:
@@ -274,8 +303,14 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
             False: off. The scores are float32 either way.
         num_workers: DataLoader worker processes reading batches (pinned memory on CUDA).
         out: optional ``.npy``/``.csv``/``.parquet`` path. Chunks land in ``<out>.parts/`` with a JSON
-            ledger; the final file is written atomically at the end and the parts removed.
-        resume: with ``out``, skip the chunks a previous (killed) run completed; settings must match.
+            ledger; the final file is written atomically at the end and the parts removed. One writer
+            per ``out`` (``<out>.lock``; a second one gets ``pyaeplus.runtime.LockedError``, a lock left
+            by a killed process is taken over). A full disk raises ``OSError`` naming the file, with no
+            partial file left; the run resumes once there is space (see ``scoring/ledger.py``).
+        resume: with ``out``, continue a previous (killed) run: its finished chunks are kept, and a run
+            that had finished returns its final file. The model, the score (a callable by its code),
+            the data (see ``data_id``), the row count and the settings must match, else ``ValueError``
+            names what differs. False discards what an earlier run left and starts over.
         maps: also return per-pixel maps (N, H, W): 1 − SSIM map for ssim scores, squared error
             otherwise; with ``out``, written to ``<out stem>.maps.npy``.
         progress: print throughput at the end.
@@ -290,79 +325,39 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
             neighbours (``pyaeplus.graph.KnnIndex``).
         knn_exclude_self: ``data`` is ``knn_reference`` itself (scores of the training set, e.g. to fit
             a threshold): each row's own latent is not counted among its neighbours.
+        data_id: with ``out``, a string naming the data for the resume check instead of the default
+            fingerprint (a hash of 64 sampled rows plus the shape, dtype and length): pass one when
+            reading rows is expensive, or to tell apart datasets that agree on those rows.
 
     Returns:
         float32 array (N,) of scores; with ``maps=True`` a tuple ``(scores, maps (N, H, W))``.
         Under ``torch.distributed`` every rank scores a contiguous shard and gets the full result.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not callable(score) and score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES} or a callable(model, x) -> (B,), got {score!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-    if score == "svdd" and not hasattr(model, "c"):
-        raise ValueError("score='svdd' needs a Deep SVDD model (pyaeplus.models 'svdd')")
-    if score == "elbo" and not hasattr(model, "encode_dist"):
-        raise ValueError("score='elbo' needs a VAE model (pyaeplus.models 'vae')")
+    _check_args(model, score, batch_size, num_workers, chunk_size, k, knn_reference, data_id)
+    p, fmt = _check_out(out) if out is not None else (None, None)
     ds = _dataset(data)
     n = len(ds)
     dev = _device(device)
     model = model.to(dev).eval()
-    score_name = score if isinstance(score, str) else f"callable:{getattr(score, '__qualname__', repr(score))}"
-
-    knn_ref = None
+    knn_ref = ref_digest = None
     if score == "latent_knn":
-        if knn_reference is None:
-            raise ValueError("score='latent_knn' needs knn_reference (the normal training samples)")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
-        from ..graph.knn import KnnIndex
-
-        knn_ref = KnnIndex(_latents(model, knn_reference, batch_size, dev), metric=knn_metric, backend=knn_backend)
-        if knn_exclude_self:
-            if len(knn_ref) != n:
-                raise ValueError(f"knn_exclude_self=True needs data to be knn_reference itself, but data has {n} rows "
-                                 f"and knn_reference {len(knn_ref)}")
-            if k + 1 > len(knn_ref):
-                raise ValueError(f"k={k} with knn_exclude_self=True needs more than k reference rows, got {len(knn_ref)}")
-
-    chunk = batch_size * 64 if chunk_size is None else int(chunk_size)
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size!r}")
+        knn_ref, ref_digest = _knn_reference(model, knn_reference, n, batch_size, dev, k, knn_metric, knn_backend,
+                                             bool(knn_exclude_self))
+    chunk = batch_size * 64 if chunk_size is None else chunk_size
     chunk = -(-chunk // batch_size) * batch_size
 
-    rank, world = 0, 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    per = -(-n // world)
-    lo, hi = min(n, rank * per), min(n, (rank + 1) * per)
-
-    parts = p = fmt = None
-    if out is not None:
-        p, fmt = _check_out(out)
-        parts = p.with_name(p.name + ".parts")
-        fp = fingerprint(model, score_name, n, {"chunk": chunk, "maps": bool(maps), "world": world, "k": k,
-                                               "knn_metric": knn_metric if score == "latent_knn" else None,
-                                               "knn_exclude_self": bool(knn_exclude_self)})
-        parts.mkdir(exist_ok=True)
-        ledger_path = parts / f"ledger-{rank}.json"
-        done: set[tuple[int, int]] = set()
-        if ledger_path.exists():
-            led = json.loads(ledger_path.read_text())
-            if led.get("fingerprint") != fp:
-                raise ValueError(f"out: {parts} holds a run with other settings (model, score, data size, chunk size "
-                                 "or world size differ); delete it or choose another out path")
-            if resume:
-                done = {tuple(c) for c in led["done"]}
-        ledger = {"fingerprint": fp, "n": n, "rank": rank, "world": world, "lo": lo, "hi": hi, "done": sorted(done)}
-        _atomic_json(ledger_path, ledger)
+    rank, world, per, lo, hi = _shard(n)
+    led = None
+    if p is not None:
+        settings = {"chunk": chunk, "maps": bool(maps), "world": world, "k": k,
+                    "knn_metric": knn_metric if score == "latent_knn" else None,
+                    "knn_exclude_self": bool(knn_exclude_self), "knn_reference": ref_digest}
+        led = ScoreLedger(p, fmt, fingerprint=_job_fingerprint(model, ds, n, score, data_id, settings), rank=rank,
+                          world=world, lo=lo, hi=hi, resume=resume, maps=maps).open()
 
     fn = _score_fn(score, model, knn_ref, k, maps, bool(knn_exclude_self))
     chunks = [(s, min(hi, s + chunk)) for s in range(lo, hi, chunk)]
-    todo = [c for c in chunks if parts is None or c not in done]
+    todo = [c for c in chunks if led is None or not (led.finished or c in led.done)]
     starts = [s for (cs, ce) in todo for s in range(cs, ce, batch_size)]
     results: dict[tuple[int, int], tuple[np.ndarray, np.ndarray | None]] = {}
 
@@ -395,54 +390,38 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
                     buf_s, buf_m = [], []
                     if arr.shape[0] != ce - cs:
                         raise RuntimeError(f"scored {arr.shape[0]} rows for chunk [{cs}, {ce})")
-                    if parts is not None:
-                        _atomic_npy(parts / f"part-{cs:012d}-{ce:012d}.npy", arr)
-                        if maps:
-                            _atomic_npy(parts / f"maps-{cs:012d}-{ce:012d}.npy", marr)
-                        ledger["done"] = sorted(set(map(tuple, ledger["done"])) | {(cs, ce)})
-                        _atomic_json(ledger_path, ledger)
+                    if led is not None:
+                        led.record(cs, ce, arr, marr)
                     else:
                         results[(cs, ce)] = (arr, marr)
                     ci += 1
     except BaseException:
-        # nothing completed: remove the parts folder this call created, so no trace is left
-        if parts is not None and not ledger["done"]:
-            shutil.rmtree(parts, ignore_errors=True)
+        if led is not None:  # the chunks done stay for a resume; a parts folder with none is removed
+            led.abort()
         raise
     dt = time.perf_counter() - t0
     if progress and rows:
         print(f"pyaeplus.scoring: {rows} rows in {dt:.2f} s ({rows / max(dt, 1e-9):,.0f} rows/s) on {dev}")
 
-    if parts is not None:
-        if world > 1:
-            torch.distributed.barrier()
-        if rank == 0:
-            all_chunks = []
-            for r in range(world):
-                rlo, rhi = min(n, r * per), min(n, (r + 1) * per)
-                all_chunks += [(s, min(rhi, s + chunk)) for s in range(rlo, rhi, chunk)]
-            full = np.concatenate([np.load(parts / f"part-{cs:012d}-{ce:012d}.npy") for cs, ce in all_chunks])
-            if full.shape[0] != n:
-                raise RuntimeError(f"assembled {full.shape[0]} rows, expected {n}")
-            if maps:
-                mp_path = p.with_name(p.stem + ".maps.npy")
-                m0 = np.load(parts / f"maps-{all_chunks[0][0]:012d}-{all_chunks[0][1]:012d}.npy", mmap_mode="r")
-                tmp = mp_path.with_name(f".{mp_path.name}.tmp{os.getpid()}")
-                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *m0.shape[1:]))
-                for cs, ce in all_chunks:
-                    mm[cs:ce] = np.load(parts / f"maps-{cs:012d}-{ce:012d}.npy")
-                mm.flush()
-                del mm
-                os.replace(tmp, mp_path)
-            _write_final(p, fmt, full)
-            shutil.rmtree(parts, ignore_errors=True)
-        if world > 1:
-            torch.distributed.barrier()
+    if led is not None:
+        led.finish(n, [(s, min(n, (r + 1) * per, s + chunk)) for r in range(world)
+                       for s in range(min(n, r * per), min(n, (r + 1) * per), chunk)])
         full = read_scores(p).astype(np.float32)
-        if maps:
-            return full, np.load(p.with_name(p.stem + ".maps.npy"), mmap_mode="r")
-        return full
+        return (full, np.load(led.maps_path, mmap_mode="r")) if maps else full
+    return _gather(results, chunks, maps, world)
 
+
+def _shard(n: int) -> tuple[int, int, int, int, int]:
+    """(rank, world, rows per rank, this rank's rows [lo, hi)) under torch.distributed, else one rank."""
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    per = -(-n // world)
+    return rank, world, per, min(n, rank * per), min(n, (rank + 1) * per)
+
+
+def _gather(results: dict, chunks: list[tuple[int, int]], maps: bool, world: int):
+    """The in-memory result: this rank's chunks in order, then every rank's (all_gather)."""
     mine = [results[c] for c in chunks]
     sc = np.concatenate([a for a, _ in mine]) if mine else np.zeros(0, np.float32)
     mp = np.concatenate([m for _, m in mine]) if (maps and mine) else None

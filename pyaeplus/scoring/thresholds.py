@@ -78,32 +78,56 @@ def threshold(scores, method: str = "mean_std", **kwargs) -> float:
     Returns:
         The threshold (float).
     """
+    kw = check_threshold(method, **kwargs)
     s = _scores("scores", scores)
+    if method == "mean_std":
+        return float(s.mean() + kw["k"] * s.std())
+    if method == "percentile":
+        return float(np.percentile(s, kw["q"]))
+    if method in ("fpr", "contamination"):
+        v = kw["rate" if method == "fpr" else "c"]
+        # the smallest threshold leaving at most floor(v n) scores strictly above it
+        srt = np.sort(s)
+        m = int(math.floor(v * s.size + 1e-9))
+        return float(srt[s.size - 1 - m]) if m < s.size else float(srt[0])
+    return float(pot_threshold(s, kw["q"], kw["init_level"]))
+
+
+def check_threshold(method: str, **kwargs) -> dict:
+    """The arguments of :func:`threshold` checked without the scores (so that a job can refuse
+    them before it computes any), defaults filled in.
+
+    Returns:
+        The keyword arguments of ``method`` (``{"k"}``, ``{"q"}``, ``{"rate"}``, ``{"c"}`` or
+        ``{"q", "init_level"}``) as floats.
+
+    Raises:
+        ValueError: unknown method or a value out of range; TypeError: an unknown argument.
+    """
     if method == "mean_std":
         k = kwargs.pop("k", 1.0)
         _no_more(kwargs, method)
         if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k):
             raise ValueError(f"k must be a finite number, got {k!r}")
-        return float(s.mean() + k * s.std())
+        return {"k": float(k)}
     if method == "percentile":
         q = kwargs.pop("q", 95.0)
         _no_more(kwargs, method)
         if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 100:
             raise ValueError(f"q must be a percentile in [0, 100], got {q!r}")
-        return float(np.percentile(s, q))
+        return {"q": float(q)}
     if method in ("fpr", "contamination"):
         arg = "rate" if method == "fpr" else "c"
         v = _frac(arg, kwargs.pop(arg, 0.05 if method == "fpr" else 0.1))
         _no_more(kwargs, method)
-        # the smallest threshold leaving at most floor(v n) scores strictly above it
-        srt = np.sort(s)
-        m = int(math.floor(v * s.size + 1e-9))
-        return float(srt[s.size - 1 - m]) if m < s.size else float(srt[0])
+        return {arg: v}
     if method == "pot":
-        q = kwargs.pop("q", 1e-3)
-        lvl = kwargs.pop("init_level", 0.98)
+        q, lvl = _frac("q", kwargs.pop("q", 1e-3)), _frac("init_level", kwargs.pop("init_level", 0.98))
         _no_more(kwargs, method)
-        return float(pot_threshold(s, q, lvl))
+        if q >= 1.0 - lvl:
+            raise ValueError(f"q ({q}) must be below 1 - init_level ({1 - lvl:g}): the POT threshold "
+                             "extrapolates beyond the initial one")
+        return {"q": q, "init_level": lvl}
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
@@ -132,6 +156,11 @@ def metrics(scores, labels, threshold: float | None = None, *, pos_label: int = 
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
     y = np.asarray(labels).reshape(-1) if np.ndim(labels) else np.asarray([labels])
+    if y.dtype.kind in "fc" and not np.isfinite(y).all():
+        raise ValueError(f"labels contain {int((~np.isfinite(y)).sum())} NaN/Inf value(s); every sample needs a "
+                         f"label (pos_label={pos_label} marks anomalies), none may be missing")
+    if y.dtype.kind == "O":
+        raise TypeError("labels must be numbers or booleans, got objects")
     if y.shape[0] != s.shape[0]:
         raise ValueError(f"labels must have one label per score ({s.shape[0]}), got {y.shape[0]}")
     yb = (y == pos_label).astype(np.int64)
