@@ -21,6 +21,7 @@ from .ops import sparse_decode as _ops_sparse_decode  # noqa: F401
 from .ops import ssim as _ssim_ops
 from .ops import topk as _topk_ops  # noqa: F401
 from .reference import ssim as _ssim_ref
+from . import masked_ssim as _masked_ssim
 
 __all__: list[str] = []
 
@@ -328,7 +329,8 @@ def _per_channel(a: _SSIMArgs, data_range: float, K) -> _Tuple[_torch.Tensor, _t
 def ssim(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, size_average: bool = True, win_size: int = 11,
          win_sigma: float = 1.5, win: _Optional[_torch.Tensor] = None,
          K: _Sequence[float] = (0.01, 0.03), nonnegative_ssim: bool = False, *, padding: str = "valid",
-         window: str = "gaussian", reduction: _Optional[str] = None) -> _torch.Tensor:
+         window: str = "gaussian", reduction: _Optional[str] = None,
+         mask: _Optional[_torch.Tensor] = None) -> _torch.Tensor:
     """Structural similarity, a drop-in for ``pytorch_msssim.ssim`` (same arguments, same numbers).
 
     Args:
@@ -348,6 +350,9 @@ def ssim(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, size_avera
             all but "valid" keep the map at H x W.
         window: "gaussian" (win_size, win_sigma) or "uniform" (box of win_size).
         reduction: "mean" (scalar), "sum" (scalar) or "none" (N,); overrides size_average.
+        mask: optional valid pixels, bool or 0/1 (H, W), (N, H, W) or (N|1, C|1, H, W): SSIM over
+            the valid pixels only, with window statistics that never read an invalid pixel (see
+            ``pyaeplus.masked_ssim``; pure PyTorch, 4-d inputs). Images with no valid pixel are NaN.
 
     Returns:
         Scalar tensor, or (N,) with ``size_average=False`` / ``reduction="none"``: the mean over
@@ -357,6 +362,8 @@ def ssim(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, size_avera
     both X and Y.
     """
     a = _ssim_args(X, Y, data_range, win_size, win_sigma, win, K, padding, window)
+    if mask is not None:
+        return _masked_ssim.masked_ssim(a, mask, nonnegative_ssim, size_average, reduction)
     s, _, _ = _per_channel(a, float(data_range), K)
     if nonnegative_ssim:
         s = _torch.relu(s)
@@ -419,17 +426,20 @@ def ms_ssim(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, size_av
 
 def ssim_map(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, win_size: int = 11, win_sigma: float = 1.5,
              win: _Optional[_torch.Tensor] = None, K: _Sequence[float] = (0.01, 0.03), *, padding: str = "valid",
-             window: str = "gaussian") -> _torch.Tensor:
+             window: str = "gaussian", mask: _Optional[_torch.Tensor] = None) -> _torch.Tensor:
     """The full SSIM map (per-pixel anomaly maps), differentiable w.r.t. X and Y.
 
     Args:
         X, Y: images (N, C, H, W); same rules as :func:`ssim` (4-d with one window only).
         data_range, win_size, win_sigma, win, K, padding, window: as in :func:`ssim`.
+        mask: optional valid pixels, as in :func:`ssim`; invalid output positions are NaN.
 
     Returns:
         (N, C, Ho, Wo) in the dtype of X: Ho = H - win_size + 1 for "valid", H otherwise (same for W).
     """
     a = _ssim_args(X, Y, data_range, win_size, win_sigma, win, K, padding, window)
+    if mask is not None:
+        return _masked_ssim.masked_ssim_map(a, mask)
     if a.window is None:
         raise ValueError("ssim_map takes 4-d X, Y and one window for all channels (win must not differ per channel)")
     return _torch.ops.pyaeplus.ssim_stats(a.X, a.Y, a.window, a.c1, a.c2, a.padding, True)[3].to(a.X.dtype)
