@@ -1,4 +1,4 @@
-"""The ``pyaeplus`` command: info, bench, train, demo, knn-graph, score."""
+"""The ``pyaeplus`` command: info, bench, train, demo, knn-graph, score, export."""
 
 from __future__ import annotations
 
@@ -147,7 +147,8 @@ def _add_train_parser(sub) -> None:
     s.add_argument("--config", help="run settings file (.json, or .yaml/.yml with PyYAML): keys as pyaeplus.train.run")
     s.add_argument("--model", help="model name (pyaeplus.models.MODELS), e.g. dense, conv, vae")
     s.add_argument("--model-config", help="JSON object of model arguments (input size filled from the data)")
-    s.add_argument("--data", help="KIND:PATH, KIND in mnist, fashion-mnist, kmnist, ecg5000, ucr, csv, images, npy")
+    s.add_argument("--data", help="KIND:PATH, KIND in mnist, fashion-mnist, kmnist, ecg5000, ucr, csv, images, npy, "
+                                  "mvtec (one MVTec-AD-layout category folder)")
     s.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="loader option (JSON value), repeatable")
     s.add_argument("--classes", help="comma-separated labels to keep (e.g. 0 for one-class training on digit 0)")
     s.add_argument("--split", help="training split (default train)")
@@ -174,7 +175,8 @@ def _add_train_parser(sub) -> None:
 
 
 def _demo_data(args):
-    """(train x (N,1,H,W) normal only, test x, test labels 1 = anomaly, description)."""
+    """(train x (N,1,H,W) normal only, test x, test labels 1 = anomaly, description, test defect masks
+    (N, H, W) or None)."""
     import torch
 
     from . import data as D
@@ -185,7 +187,8 @@ def _demo_data(args):
         test = D.synthetic_anomalies(n_test, anomaly_fraction=0.2, seed=args.seed + 1)
         xt, yt = test.tensors()
         return train.tensors()[0], xt, yt, (f"generated 28x28 images: {n_train} normal for training, {n_test} for "
-                                            f"testing of which {int(yt.sum())} have a scratch/checker/ring defect")
+                                            f"testing of which {int(yt.sum())} have a scratch/checker/ring defect"), \
+            test.masks
     kind = args.data.split(":", 1)[0]
     if kind not in ("mnist", "fashion-mnist", "kmnist"):
         raise ValueError(f"--data must be mnist:ROOT, fashion-mnist:ROOT or kmnist:ROOT, got {args.data!r}")
@@ -199,7 +202,7 @@ def _demo_data(args):
     labels = (yt != c).long()
     return (train.get_batch(tr_idx)[0], xt, labels,
             f"{kind}: {len(tr_idx)} training images of class {c}; {len(te_idx)} test images, the "
-            f"{int(labels.sum())} of other classes are the anomalies")
+            f"{int(labels.sum())} of other classes are the anomalies", None)
 
 
 def _demo_plots(out, x, recon, scores, labels, lat_scores, score_name):
@@ -281,7 +284,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        x_train, x_test, labels, what = _demo_data(args)
+        x_train, x_test, labels, what, masks = _demo_data(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"pyaeplus demo: {e}", file=sys.stderr)
         return 2
@@ -324,14 +327,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     auroc_lat, ap_lat = roc_auc_score(y, lat.numpy()), average_precision_score(y, lat.numpy())
     score_name = {"ssim": "1 - SSIM", "ms_ssim": "1 - MS-SSIM", "l1_ssim": "L1 + SSIM error", "mse": "MSE"}[args.loss]
     paths = _demo_plots(out, x_test, recon, scores, labels, lat, score_name)
+    pixel = {}
+    if masks is not None:  # the planted defects' masks: localization metrics of the maps
+        from .scoring import localize
+        pixel, _ = localize(model, x_test, masks, score="mse" if args.loss == "mse" else "ssim", device=dev)
     results = {"auroc": auroc, "ap": ap, "auroc_latent": auroc_lat, "ap_latent": ap_lat,
                "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]), "n_anomalies": int(labels.sum()),
                "epochs": epochs, "final_train_loss": res.history[-1]["train"]["loss"],
                "train_seconds": t2 - t1, "total_seconds": time.perf_counter() - t0, "data": what,
-               "plots": {k: str(v) for k, v in paths.items()}, "checkpoint": str(res.checkpoint)}
+               "plots": {k: str(v) for k, v in paths.items()}, "checkpoint": str(res.checkpoint),
+               **{k: pixel[k] for k in ("pixel_auroc", "aupro") if k in pixel}}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"{'reconstruction ' + score_name:<30}: AUROC {auroc:.4f}  AP {ap:.4f}")
     print(f"{'latent 5-NN distance':<30}: AUROC {auroc_lat:.4f}  AP {ap_lat:.4f}")
+    if pixel:
+        print(f"{'pixels, ' + pixel['map'] + ' map':<30}: pixel AUROC {pixel['pixel_auroc']:.4f}  AUPRO "
+              f"{pixel['aupro']:.4f} (FPR <= 0.3, {pixel['n_regions']} planted defects)")
     print(f"trained in {t2 - t1:.1f} s, total {results['total_seconds']:.1f} s")
     print(f"plots  : {', '.join(str(p) for p in paths.values())}")
     print(f"results: {out / 'results.json'}   checkpoint: {res.checkpoint}")
@@ -441,9 +452,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         res = scoring.score(model, data, score=args.score, batch_size=args.batch_size, device=args.device,
                             num_workers=args.num_workers, out=out, resume=not args.no_resume,
-                            maps=args.maps is not None, progress=False, **knn)
+                            maps=args.maps is not None or args.masks is not None, progress=False, **knn)
         dt = time.perf_counter() - t0
-        scores, maps = res if args.maps is not None else (res, None)
+        scores, maps = res if (args.maps is not None or args.masks is not None) else (res, None)
+        pixel = None
+        if args.masks is not None:
+            from .scoring.localization import evaluate_maps, masks_for
+            masks = masks_for(args.masks, data)
+            pixel, pixel_maps = evaluate_maps(maps, masks, sigma=args.map_sigma, fpr_limit=args.fpr_limit,
+                                              score=args.score, spill=out.with_name(out.stem + ".pixel_maps.npy"))
         thr = None
         if args.threshold is not None:
             method, kw = _parse_threshold(args.threshold)
@@ -480,6 +497,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
         if 0 < m["n_anomalies"] < m["n"]:
             paths["roc_pr"] = viz.roc_pr_curves(scores, (np.asarray(labels) == args.pos_label).astype(int),
                                                 plots / f"{stem}_roc_pr.png", names=[args.score])
+    if pixel is not None:
+        summary["pixel_metrics"] = pixel
+        print(f"pixel metrics ({pixel['map']} map{'' if not args.map_sigma else f', sigma {args.map_sigma:g}'}): "
+              f"pixel AUROC {pixel['pixel_auroc']:.4f}  AUPRO {pixel['aupro']:.4f} (FPR <= {args.fpr_limit:g}, "
+              f"{pixel['n_regions']} defect regions)")
     if getattr(model, "image_shape", None) is not None:
         top = np.argsort(-scores, kind="stable")[:8]
         b = data.get_batch(torch.as_tensor(top)) if hasattr(data, "get_batch") else torch.stack(
@@ -491,7 +513,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
         paths["reconstructions"] = viz.reconstruction_grid(x.reshape(shape), rec.reshape(shape),
                                                            plots / f"{stem}_top_reconstructions.png",
                                                            titles=[f"{scores[i]:.3g}" for i in top])
-        if maps is not None:
+        if pixel is not None and tuple(pixel_maps.shape[1:]) == tuple(shape[-2:]):  # maps at the images' size
+            paths["overlay"] = viz.anomaly_overlay(x.reshape(shape), np.asarray(pixel_maps[top]),
+                                                   plots / f"{stem}_top_maps.png", masks=np.asarray(masks[top]))
+        elif maps is not None:
             paths["overlay"] = viz.anomaly_overlay(x.reshape(shape), np.asarray(maps)[top],
                                                    plots / f"{stem}_top_maps.png")
     if args.maps is not None:
@@ -501,6 +526,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
         src = out.with_name(out.stem + ".maps.npy")
         shutil.move(str(src), str(mdir / "maps.npy"))
         paths["maps"] = mdir / "maps.npy"
+    elif maps is not None:  # computed for --masks only
+        out.with_name(out.stem + ".maps.npy").unlink(missing_ok=True)
+    out.with_name(out.stem + ".pixel_maps.npy").unlink(missing_ok=True)
     for k, v in paths.items():
         print(f"{k}: {v}")
     summary["plots"] = {k: str(v) for k, v in paths.items()}
@@ -524,6 +552,10 @@ def _add_score_parser(sub) -> None:
     s.add_argument("--knn-metric", default="l2", help="latent distance for --score latent_knn (l2, cosine, ...)")
     s.add_argument("--model", help="expected model name; a checkpoint of another model is refused")
     s.add_argument("--maps", metavar="DIR", help="also write per-pixel anomaly maps (image models) to DIR/maps.npy")
+    s.add_argument("--masks", help="ground-truth masks for pixel AUROC / AUPRO: 'data' (the dataset's, e.g. "
+                                   "mvtec:ROOT) or a .npy (N, H, W) of 0/1; maps are resized to the masks' size")
+    s.add_argument("--map-sigma", type=float, help="with --masks: Gaussian sigma smoothing the maps (4 is common)")
+    s.add_argument("--fpr-limit", type=float, default=0.3, help="with --masks: AUPRO integration limit (default 0.3)")
     s.add_argument("--threshold", help="a number, or METHOD[:K=V,...] (mean_std, percentile, fpr, contamination, pot)")
     s.add_argument("--threshold-data", help="normal data to fit the threshold on (default: the scored data)")
     s.add_argument("--labels", help="'data' (the dataset's labels) or a .npy of labels")
@@ -534,6 +566,38 @@ def _add_score_parser(sub) -> None:
     s.add_argument("--device", default="auto")
     s.add_argument("--no-resume", action="store_true", help="ignore completed chunks of an interrupted run")
     s.set_defaults(func=_cmd_score)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .export import export_scorer
+
+    try:
+        model = load_model(args.checkpoint, device="cpu")
+        path = export_scorer(model, args.out, score=args.score, maps=args.maps, portable=not args.keep_custom_ops)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"pyaeplus export: {e}", file=sys.stderr)
+        return 2
+    outputs = "scores (B,), maps (B, H, W)" if args.maps else "scores (B,)"
+    print(f"exported {getattr(model, 'model_name', type(model).__name__)} + score {args.score!r} -> {path} "
+          f"(input x float32 (B, ...), outputs {outputs}; pyaeplus.export.load_scorer({str(path)!r}) runs it)")
+    return 0
+
+
+def _add_export_parser(sub) -> None:
+    from .export import EXPORTABLE_SCORES
+
+    s = sub.add_parser("export", help="write a checkpoint's model with its score as .pt2 (torch.export) or .onnx",
+                       description="The model and its anomaly score (optionally per-pixel maps) as one graph, with "
+                                   "pyaeplus's kernels replaced by their pure-PyTorch references, so the file runs "
+                                   "with plain torch (.pt2) or onnxruntime (.onnx).")
+    s.add_argument("--checkpoint", required=True, help="checkpoint folder or a run's checkpoint_dir")
+    s.add_argument("--out", required=True, help="model.pt2 or model.onnx")
+    s.add_argument("--score", default="ssim", choices=EXPORTABLE_SCORES, help="anomaly score (default ssim)")
+    s.add_argument("--maps", action="store_true", help="also output the per-pixel maps")
+    s.add_argument("--keep-custom-ops", action="store_true",
+                   help=".pt2 only: keep the fused pyaeplus kernels (the loader must import pyaeplus)")
+    s.set_defaults(func=_cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -554,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ---- knn-graph / score --------------------------------------------------------------------
     _add_score_parser(sub)
+    _add_export_parser(sub)
 
     return p
 
