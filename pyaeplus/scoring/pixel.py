@@ -23,8 +23,6 @@ each), whatever the number of images.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 
@@ -95,11 +93,14 @@ class _Bins:
     def __init__(self, lo: float, hi: float, k: int):
         self.lo, self.k = lo, k
         self.scale = k / (hi - lo) if hi > lo and np.isfinite(k / (hi - lo)) else 0.0
+        # float32 maps are binned in float32 (rounding is monotone, so bins stay ordered by value)
+        # unless the scale does not fit one
+        self.f32 = bool(np.isfinite(np.float32(self.scale)) and np.isfinite(np.float32(lo)))
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
-        # float64 arithmetic whatever v's dtype: the same value gets the same bin in every pass
-        t = v - self.lo if v.dtype == np.float64 else v.astype(np.float64) - self.lo
-        t *= self.scale
+        dt = np.float32 if (v.dtype == np.float32 and self.f32) else np.float64
+        t = v.astype(dt, copy=False) - dt(self.lo)   # >= 0: lo is the smallest value
+        t *= dt(self.scale)
         b = t.astype(np.int32)
         np.minimum(b, self.k - 1, out=b)
         return b
@@ -143,9 +144,10 @@ def _histograms(maps, masks, chunk, bins: _Bins, gather: bool):
         regions += r
         gf = g.reshape(-1)
         b = bins(m)
-        n_b += np.bincount(b[~gf], minlength=bins.k)
         bp = b[gf]
-        p_b += np.bincount(bp, minlength=bins.k)
+        pc = np.bincount(bp, minlength=bins.k)
+        n_b += np.bincount(b, minlength=bins.k) - pc   # negatives without selecting them
+        p_b += pc
         w_b += np.bincount(bp, weights=w, minlength=bins.k)
         if gather:
             vals.append(m[gf])
@@ -266,20 +268,27 @@ def _resolve(maps, masks, chunk, bins: _Bins, curve: _Curve, table: _Table | Non
             tab = _Table(vals, wts)
         else:
             tab = table
-        top = ghi - 1
+        top, t = ghi - 1, curve.t
+        lut = mixed.copy()
+        lut[:glo], lut[ghi:] = False, False
+        # the table counts the positives of the group's mixed bins above each negative: minus those
+        # of the bins above the negative's own (the histogram already has those pairs)
+        nm = np.where(lut, curve.n_b, 0.0)
+        roc_in -= float((nm * (c_sup - c_sup[top])).sum())
+        pro_in -= float((nm * (w_sup - w_sup[top]))[t + 1:].sum())
         for s, e in _chunks(maps.shape[0], chunk):
             m, g = _maps_chunk(maps, s, e), _masks_chunk(masks, s, e)
-            v = m[~g.reshape(-1)]
-            b = bins(v)
-            sel = mixed[b] & (b >= glo) & (b < ghi)
-            vs, bs = v[sel], b[sel]
+            b = bins(m)
+            # sorted values: the lookups walk the table in order, and bin ranges are slices
+            vs = np.sort(m[lut[b] & ~g.reshape(-1)])
             c, w = tab.above(vs)
-            roc_in += float((c - (c_sup[bs] - c_sup[top])).sum())
-            hi_t = bs > curve.t
-            pro_in += float((w[hi_t] - (w_sup[bs[hi_t]] - w_sup[top])).sum())
-            if glo <= curve.t < ghi and mixed[curve.t]:
-                tail_vals.append(v[b == curve.t])
-        if glo <= curve.t < ghi and mixed[curve.t]:
+            roc_in += float(c.sum())
+            bs = bins(vs)
+            i0, i1 = np.searchsorted(bs, t, side="left"), np.searchsorted(bs, t, side="right")
+            pro_in += float(w[i1:].sum())
+            if i1 > i0:
+                tail_vals.append(vs[i0:i1])
+        if glo <= t < ghi and mixed[t]:
             u, _, cnt = _unique_sum(np.concatenate(tail_vals), np.zeros(sum(a.size for a in tail_vals)))
             tail = _tail_area(curve, u, cnt, tab, bins)
     return roc_in, pro_in, tail
