@@ -341,8 +341,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"{'reconstruction ' + score_name:<30}: AUROC {auroc:.4f}  AP {ap:.4f}")
     print(f"{'latent 5-NN distance':<30}: AUROC {auroc_lat:.4f}  AP {ap_lat:.4f}")
     if pixel:
-        print(f"{'pixels, ' + pixel['map'] + ' map':<30}: pixel AUROC {pixel['pixel_auroc']:.4f}  AUPRO "
-              f"{pixel['aupro']:.4f} (FPR <= 0.3, {pixel['n_regions']} planted defects)")
+        from .scoring.localization import describe
+        print(f"{'pixels (planted defects)':<30}: {describe(pixel)}")
     print(f"trained in {t2 - t1:.1f} s, total {results['total_seconds']:.1f} s")
     print(f"plots  : {', '.join(str(p) for p in paths.values())}")
     print(f"results: {out / 'results.json'}   checkpoint: {res.checkpoint}")
@@ -411,12 +411,25 @@ def _dataset_labels(ds):
     return None if (y < 0).all() else y
 
 
+def _score_labels(args, data):
+    """--labels: 'data' (the dataset's) or a .npy, one per sample; None without --labels."""
+    import numpy as np
+
+    labels = None
+    if args.labels is not None:
+        labels = _dataset_labels(data) if args.labels == "data" else np.load(args.labels).reshape(-1)
+        if labels is None:
+            raise ValueError("--labels data: the dataset has no labels")
+        if len(labels) != len(data):
+            raise ValueError(f"--labels has {len(labels)} labels for {len(data)} samples")
+    return labels
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     import pathlib
     import time
 
     import numpy as np
-    import torch
 
     from . import scoring, viz
     from .checkpoint import load_model
@@ -433,13 +446,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             raise ValueError(f"--checkpoint holds a {getattr(model, 'model_name', type(model).__name__)!r} model, "
                              f"not the --model {args.model!r} asked for")
         data = _score_data(args.data, args.split, opts)
-        labels = None
-        if args.labels is not None:
-            labels = _dataset_labels(data) if args.labels == "data" else np.load(args.labels).reshape(-1)
-            if labels is None:
-                raise ValueError("--labels data: the dataset has no labels")
-            if len(labels) != len(data):
-                raise ValueError(f"--labels has {len(labels)} labels for {len(data)} samples")
+        labels = _score_labels(args, data)
         knn = {}
         if args.score == "latent_knn":
             if args.knn_reference is None:
@@ -455,12 +462,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
                             maps=args.maps is not None or args.masks is not None, progress=False, **knn)
         dt = time.perf_counter() - t0
         scores, maps = res if (args.maps is not None or args.masks is not None) else (res, None)
-        pixel = None
-        if args.masks is not None:
-            from .scoring.localization import evaluate_maps, masks_for
-            masks = masks_for(args.masks, data)
-            pixel, pixel_maps = evaluate_maps(maps, masks, sigma=args.map_sigma, fpr_limit=args.fpr_limit,
-                                              score=args.score, spill=out.with_name(out.stem + ".pixel_maps.npy"))
+        pixel = _score_pixels(args, data, maps, out) if args.masks is not None else None
         thr = None
         if args.threshold is not None:
             method, kw = _parse_threshold(args.threshold)
@@ -497,11 +499,40 @@ def _cmd_score(args: argparse.Namespace) -> int:
         if 0 < m["n_anomalies"] < m["n"]:
             paths["roc_pr"] = viz.roc_pr_curves(scores, (np.asarray(labels) == args.pos_label).astype(int),
                                                 plots / f"{stem}_roc_pr.png", names=[args.score])
+    paths.update(_score_image_outputs(args, model, data, scores, maps, pixel, plots / stem, summary))
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    summary["plots"] = {k: str(v) for k, v in paths.items()}
+    (plots / f"{stem}_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return 0
+
+
+def _score_pixels(args, data, maps, out):
+    """--masks: (pixel metrics, maps at the masks' size, masks)."""
+    from .scoring.localization import evaluate_maps, masks_for
+
+    masks = masks_for(args.masks, data)
+    pixel, pixel_maps = evaluate_maps(maps, masks, sigma=args.map_sigma, fpr_limit=args.fpr_limit, score=args.score,
+                                      spill=out.with_name(out.stem + ".pixel_maps.npy"))
+    return pixel, pixel_maps, masks
+
+
+def _score_image_outputs(args, model, data, scores, maps, pixel, prefix, summary: dict) -> dict:
+    """--masks: the pixel metrics (printed, into ``summary``); the top-8 reconstructions and maps (with the
+    ground-truth contours under --masks); --maps DIR. Returns the plots' paths."""
+    import pathlib
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from . import viz
+    from .scoring.localization import describe
+
+    paths, out = {}, pathlib.Path(args.out)
     if pixel is not None:
-        summary["pixel_metrics"] = pixel
-        print(f"pixel metrics ({pixel['map']} map{'' if not args.map_sigma else f', sigma {args.map_sigma:g}'}): "
-              f"pixel AUROC {pixel['pixel_auroc']:.4f}  AUPRO {pixel['aupro']:.4f} (FPR <= {args.fpr_limit:g}, "
-              f"{pixel['n_regions']} defect regions)")
+        summary["pixel_metrics"] = pixel[0]
+        print(f"pixel metrics: {describe(pixel[0])}")
     if getattr(model, "image_shape", None) is not None:
         top = np.argsort(-scores, kind="stable")[:8]
         b = data.get_batch(torch.as_tensor(top)) if hasattr(data, "get_batch") else torch.stack(
@@ -511,29 +542,22 @@ def _cmd_score(args: argparse.Namespace) -> int:
             rec = model(x.to(next(model.parameters()).device)).cpu()
         shape = (len(top), *model.image_shape)
         paths["reconstructions"] = viz.reconstruction_grid(x.reshape(shape), rec.reshape(shape),
-                                                           plots / f"{stem}_top_reconstructions.png",
+                                                           f"{prefix}_top_reconstructions.png",
                                                            titles=[f"{scores[i]:.3g}" for i in top])
-        if pixel is not None and tuple(pixel_maps.shape[1:]) == tuple(shape[-2:]):  # maps at the images' size
-            paths["overlay"] = viz.anomaly_overlay(x.reshape(shape), np.asarray(pixel_maps[top]),
-                                                   plots / f"{stem}_top_maps.png", masks=np.asarray(masks[top]))
+        if pixel is not None and tuple(pixel[1].shape[1:]) == tuple(shape[-2:]):  # maps at the images' size
+            paths["overlay"] = viz.anomaly_overlay(x.reshape(shape), np.asarray(pixel[1][top]),
+                                                   f"{prefix}_top_maps.png", masks=np.asarray(pixel[2][top]))
         elif maps is not None:
-            paths["overlay"] = viz.anomaly_overlay(x.reshape(shape), np.asarray(maps)[top],
-                                                   plots / f"{stem}_top_maps.png")
+            paths["overlay"] = viz.anomaly_overlay(x.reshape(shape), np.asarray(maps)[top], f"{prefix}_top_maps.png")
     if args.maps is not None:
-        import shutil
         mdir = pathlib.Path(args.maps)
         mdir.mkdir(parents=True, exist_ok=True)
-        src = out.with_name(out.stem + ".maps.npy")
-        shutil.move(str(src), str(mdir / "maps.npy"))
+        shutil.move(str(out.with_name(out.stem + ".maps.npy")), str(mdir / "maps.npy"))
         paths["maps"] = mdir / "maps.npy"
-    elif maps is not None:  # computed for --masks only
+    elif maps is not None:  # computed for --masks only: not left behind
         out.with_name(out.stem + ".maps.npy").unlink(missing_ok=True)
     out.with_name(out.stem + ".pixel_maps.npy").unlink(missing_ok=True)
-    for k, v in paths.items():
-        print(f"{k}: {v}")
-    summary["plots"] = {k: str(v) for k, v in paths.items()}
-    (plots / f"{stem}_summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    return 0
+    return paths
 
 
 def _add_score_parser(sub) -> None:

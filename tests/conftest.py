@@ -55,6 +55,16 @@ def data_root() -> pathlib.Path:
     return DATA_ROOT
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of small tensors: on a loaded 2-core machine two threads measured
+    up to 100x slower per op. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

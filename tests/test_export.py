@@ -16,12 +16,7 @@ from pyaeplus.cli import main
 from pyaeplus.export import export_scorer, load_scorer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _conv():

@@ -15,13 +15,7 @@ _NP_PAD = {"same": "constant", "reflect": "reflect", "replicate": "edge", "circu
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small tensors: on a loaded 2-core machine two intra-op threads measured 100x slower than one
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(shape=(3, 2, 19, 23), dtype=torch.float64, seed=0):

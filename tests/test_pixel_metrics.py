@@ -13,13 +13,7 @@ from pyaeplus.scoring import maps as M
 from pyaeplus.scoring import pixel_metrics
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small tensors: on a loaded 2-core machine two intra-op threads measured 100x slower than one
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _regions(g: np.ndarray) -> list[np.ndarray]:

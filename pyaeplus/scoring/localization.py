@@ -13,7 +13,7 @@ from .engine import score as _score
 from .maps import postprocess_maps
 from .pixel import pixel_metrics
 
-__all__ = ["evaluate_maps", "localize", "masks_for", "MAP_SCORES"]
+__all__ = ["evaluate_maps", "localize", "masks_for", "describe", "MAP_SCORES"]
 
 # the per-pixel map each score produces in ``scoring.score(maps=True)``
 MAP_SCORES = {"ssim": "1 - SSIM", "ms_ssim": "1 - SSIM", "mse": "squared error", "mae": "squared error",
@@ -90,3 +90,12 @@ def localize(model: torch.nn.Module, data, masks=None, *, score: str = "ssim", s
             raise ValueError("masks: data has no .masks; pass masks= (N, H, W)")
     _, maps = _score(model, data, score=score, maps=True, batch_size=batch_size, device=device, progress=False)
     return evaluate_maps(maps, masks, sigma=sigma, fpr_limit=fpr_limit, score=score, **options)
+
+
+def describe(m: dict) -> str:
+    """One line for people: ``pixel AUROC 0.9731  AUPRO 0.8512 (FPR <= 0.3; 1 - SSIM map, sigma 4; 57 regions)``."""
+    how = m.get("map", "anomaly") + " map" + ("" if not m.get("sigma") else f", sigma {m['sigma']:g}")
+    bound = "" if max(m["pixel_auroc_bound"], m["aupro_bound"]) == 0 else \
+        f", within {max(m['pixel_auroc_bound'], m['aupro_bound']):.1e}"
+    return (f"pixel AUROC {m['pixel_auroc']:.4f}  AUPRO {m['aupro']:.4f} (FPR <= {m['fpr_limit']:g}{bound}; {how}; "
+            f"{m['n_regions']} defect regions)")
