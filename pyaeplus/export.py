@@ -10,6 +10,7 @@ extensions to run, and ONNX sees standard operators only (convolutions, pads, po
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pathlib
@@ -96,7 +97,7 @@ def export_program(model: torch.nn.Module, *, score: str = "ssim", maps: bool = 
     x = _example(model, example)
     if x.shape[0] < 2:  # a batch of 1 would be specialized into the graph
         x = x.expand(2, *x.shape[1:]).contiguous()
-    scorer = Scorer(model.to("cpu").float(), score, maps)
+    scorer = Scorer(copy.deepcopy(model).to("cpu").float(), score, maps)  # the caller's model stays as it is
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad():
         ep = torch.export.export(scorer, (x,), dynamic_shapes={"x": {0: batch}})

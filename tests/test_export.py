@@ -43,7 +43,9 @@ def _custom_ops_in_pt2(path) -> list[str]:
 def test_pt2_scores_and_maps_equal_scoring(tmp_path):
     m, x = _conv(), _x()
     want_s, want_m = scoring.score(m, x, score="ssim", maps=True, progress=False)
+    m.train()
     p = export_scorer(m, tmp_path / "s.pt2", score="ssim", maps=True)
+    assert m.training   # the caller's model is not modified (the export works on a copy in eval mode)
     s, mp = load_scorer(p)(x)
     np.testing.assert_allclose(s, want_s, atol=1e-5, rtol=0)
     np.testing.assert_allclose(mp, want_m, atol=1e-5, rtol=0)

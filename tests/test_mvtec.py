@@ -176,3 +176,21 @@ def test_cli_train_and_score_with_masks(tmp_path, capsys):
     assert main(["score", "--checkpoint", str(run), "--data", str(tmp_path / "x.npy"), "--out",
                  str(tmp_path / "o.npy"), "--masks", "data"]) == 2
     assert "--masks data" in capsys.readouterr().err
+
+
+def test_readme_localization_workflow_runs(tmp_path, monkeypatch):
+    """The README's MVTec block as written, on a generated folder (smaller images, one epoch, .pt2)."""
+    import re
+
+    from conftest import REPO
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+                 if "mvtec_ad(" in b)
+    root = make_layout(tmp_path / "bottle")
+    code = (block.replace('"mvtec_anomaly_detection/bottle"', repr(str(root))).replace("128", "32")
+            .replace("epochs=50", "epochs=1").replace('"bottle.onnx"', repr(str(tmp_path / "bottle.pt2"))))
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(code, "README.md:localization", "exec"), ns)
+    assert 0.0 <= ns["m"]["pixel_auroc"] <= 1.0 and ns["m"]["n_regions"] == 4
+    assert ns["maps"].shape == (5, 32, 32) and (tmp_path / "bottle.pt2").exists()

@@ -6,7 +6,8 @@
 * :func:`threshold`: mean_std, percentile, fpr, contamination, pot (GPD peaks over threshold).
 * :func:`metrics`: AUROC, AP, accuracy, precision, recall, F1 (anomaly = positive class).
 * :func:`pixel_metrics`: pixel AUROC and AUPRO of anomaly maps against ground-truth masks (exact,
-  streamed in chunks); :mod:`pyaeplus.scoring.maps`: maps resized, smoothed and normalized as users show them.
+  streamed in chunks); :mod:`pyaeplus.scoring.maps`: maps resized, smoothed and normalized as users show them;
+  :func:`localize` / :func:`evaluate_maps`: a model's maps brought to the masks and scored in one call.
 * :func:`normalize`, :func:`combine`, :func:`feature_subsets`: ensembles.
 """
 
