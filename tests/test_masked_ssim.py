@@ -156,3 +156,15 @@ def test_bad_mask():
         pyaeplus.ssim(x[:, :, None].expand(3, 2, 9, 19, 23), y[:, :, None].expand(3, 2, 9, 19, 23), mask=mask, **kw)
     with pytest.raises(ValueError, match="reduction"):
         pyaeplus.ssim(x, y, mask=mask, reduction="avg", **kw)
+
+
+@pytest.mark.gpu
+def test_cuda_equals_cpu():
+    x, y, mask = _pair(dtype=torch.float32)
+    for padding in ("valid", "same", "reflect"):
+        kw = {"data_range": 1.0, "win_size": 7, "padding": padding}
+        want = pyaeplus.ssim(x, y, mask=mask, reduction="none", **kw)
+        got = pyaeplus.ssim(x.cuda(), y.cuda(), mask=mask.cuda(), reduction="none", **kw)
+        torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="mask is on"):
+        pyaeplus.ssim(x.cuda(), y.cuda(), mask=mask, data_range=1.0, win_size=7)

@@ -214,3 +214,10 @@ def test_localize_and_evaluate_maps_resize_to_the_masks():
         scoring.evaluate_maps(raw, masks[:3])
     with pytest.raises(ValueError, match="no .masks"):
         scoring.localize(model, x)
+
+
+@pytest.mark.gpu
+def test_cuda_tensors():
+    maps, masks = _case(2, ties=True)
+    want = pixel_metrics(maps, masks)
+    assert pixel_metrics(torch.from_numpy(maps).cuda(), torch.from_numpy(masks).cuda()) == want

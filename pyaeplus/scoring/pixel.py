@@ -17,8 +17,8 @@ unresolved, at most ``½ Σ_b p_b n_b`` of the AUROC numerator: that bound is re
 within ``tolerance``, pass 3 resolves those pairs exactly: it sorts the positive pixels of the mixed
 bins (at most ``max_gather`` at a time, more groups take more passes) and looks up each negative of a
 mixed bin among them; the bin that holds the FPR limit is replayed value by value. Ties count one
-half, as in scikit-learn. Memory: one chunk of maps and masks plus the gathered positives (~24 bytes
-each), whatever the number of images.
+half, as in scikit-learn. Memory: one chunk of maps and masks plus the gathered positives (~40 bytes
+per distinct value), whatever the number of images.
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ def _resolve(maps, masks, chunk, bins: _Bins, curve: _Curve, table: _Table | Non
             i0, i1 = np.searchsorted(bs, t, side="left"), np.searchsorted(bs, t, side="right")
             pro_in += float(w[i1:].sum())
             if i1 > i0:
-                tail_vals.append(vs[i0:i1])
+                tail_vals.append(vs[i0:i1].copy())  # a copy: a view would keep the chunk's whole array alive
         if glo <= t < ghi and mixed[t]:
             u, _, cnt = _unique_sum(np.concatenate(tail_vals), np.zeros(sum(a.size for a in tail_vals)))
             tail = _tail_area(curve, u, cnt, tab, bins)
@@ -309,8 +309,8 @@ def pixel_metrics(maps, masks, *, fpr_limit: float = 0.3, tolerance: float = 0.0
             pass 3 skipped); 0 (default) means exact.
         chunk_size: images per chunk (default: about 4 Mi pixels per chunk).
         bins: equal-width histogram bins between the smallest and largest map value.
-        max_gather: positive pixels held in memory at once by the exact pass (~24 bytes each); more
-            take more passes over the data.
+        max_gather: positive pixels held in memory at once by the exact pass (~40 bytes per distinct
+            value, twice that while the table is built); more take more passes over the data.
 
     Returns:
         dict with ``pixel_auroc`` (equal to ``sklearn.metrics.roc_auc_score(masks.ravel(),
@@ -350,6 +350,7 @@ def pixel_metrics(maps, masks, *, fpr_limit: float = 0.3, tolerance: float = 0.0
             v, w = (np.concatenate(vals), np.concatenate(wts))
             keep = curve.mixed[hb(v)]
             table = _Table([v[keep]], [w[keep]])
+            del vals, wts, v, w, keep  # only the table stays in memory during pass 3
         roc_in, pro_in, tail = _resolve(ms, gs, chunk, hb, curve, table, max_gather)
         auroc, auroc_bound = curve.auroc(roc_in)
         aupro, aupro_bound = curve.aupro(pro_in, tail)
