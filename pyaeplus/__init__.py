@@ -11,7 +11,7 @@ from .functional import *  # noqa: E402,F401,F403
 
 # Heavier subpackages load on first use, so `import pyaeplus` stays cheap (faiss, matplotlib,
 # scikit-learn are imported only by the parts that need them).
-_LAZY_MODULES = ("graph", "models", "data", "train", "scoring", "viz", "checkpoint")
+_LAZY_MODULES = ("graph", "models", "data", "train", "scoring", "viz", "checkpoint", "export")
 _LAZY_NAMES = {"AnomalyDetector": "scoring"}
 
 

@@ -1,4 +1,4 @@
-"""The ``pyaeplus`` command: info, bench, train, demo, knn-graph, score."""
+"""The ``pyaeplus`` command: info, bench, train, demo, knn-graph, score, export."""
 
 from __future__ import annotations
 
@@ -205,7 +205,8 @@ def _add_train_parser(sub) -> None:
     s.add_argument("--config", help="run settings file (.json, or .yaml/.yml with PyYAML): keys as pyaeplus.train.run")
     s.add_argument("--model", help="model name (pyaeplus.models.MODELS), e.g. dense, conv, vae")
     s.add_argument("--model-config", help="JSON object of model arguments (input size filled from the data)")
-    s.add_argument("--data", help="KIND:PATH, KIND in mnist, fashion-mnist, kmnist, ecg5000, ucr, csv, images, npy")
+    s.add_argument("--data", help="KIND:PATH, KIND in mnist, fashion-mnist, kmnist, ecg5000, ucr, csv, images, npy, "
+                                  "mvtec (one MVTec-AD-layout category folder)")
     s.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="loader option (JSON value), repeatable")
     s.add_argument("--classes", type=_classes_arg,
                    help="comma-separated labels to keep (e.g. 0 for one-class training on digit 0)")
@@ -235,7 +236,8 @@ def _add_train_parser(sub) -> None:
 
 
 def _demo_data(args):
-    """(train x (N,1,H,W) normal only, test x, test labels 1 = anomaly, description)."""
+    """(train x (N,1,H,W) normal only, test x, test labels 1 = anomaly, description, test defect masks
+    (N, H, W) or None)."""
     import torch
 
     from . import data as D
@@ -246,7 +248,8 @@ def _demo_data(args):
         test = D.synthetic_anomalies(n_test, anomaly_fraction=0.2, seed=args.seed + 1)
         xt, yt = test.tensors()
         return train.tensors()[0], xt, yt, (f"generated 28x28 images: {n_train} normal for training, {n_test} for "
-                                            f"testing of which {int(yt.sum())} have a scratch/checker/ring defect")
+                                            f"testing of which {int(yt.sum())} have a scratch/checker/ring defect"), \
+            test.masks
     kind = args.data.split(":", 1)[0]
     if kind not in ("mnist", "fashion-mnist", "kmnist"):
         raise ValueError(f"--data must be mnist:ROOT, fashion-mnist:ROOT or kmnist:ROOT, got {args.data!r}")
@@ -260,7 +263,7 @@ def _demo_data(args):
     labels = (yt != c).long()
     return (train.get_batch(tr_idx)[0], xt, labels,
             f"{kind}: {len(tr_idx)} training images of class {c}; {len(te_idx)} test images, the "
-            f"{int(labels.sum())} of other classes are the anomalies")
+            f"{int(labels.sum())} of other classes are the anomalies", None)
 
 
 def _demo_plots(out, x, recon, scores, labels, lat_scores, score_name):
@@ -339,7 +342,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        x_train, x_test, labels, what = _demo_data(args)
+        x_train, x_test, labels, what, masks = _demo_data(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"pyaeplus demo: {e}", file=sys.stderr)
         return 2
@@ -386,14 +389,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     auroc_lat, ap_lat = roc_auc_score(y, lat.numpy()), average_precision_score(y, lat.numpy())
     score_name = {"ssim": "1 - SSIM", "ms_ssim": "1 - MS-SSIM", "l1_ssim": "L1 + SSIM error", "mse": "MSE"}[args.loss]
     paths = _demo_plots(out, x_test, recon, scores, labels, lat, score_name)
+    pixel = {}
+    if masks is not None:  # the planted defects' masks: localization metrics of the maps
+        from .scoring import localize
+        pixel, _ = localize(model, x_test, masks, score="mse" if args.loss == "mse" else "ssim", device=dev)
     results = {"auroc": auroc, "ap": ap, "auroc_latent": auroc_lat, "ap_latent": ap_lat,
                "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]), "n_anomalies": int(labels.sum()),
                "epochs": epochs, "amp": args.amp, "final_train_loss": res.history[-1]["train"]["loss"],
                "train_seconds": t2 - t1, "total_seconds": time.perf_counter() - t0, "data": what,
-               "plots": {k: str(v) for k, v in paths.items()}, "checkpoint": str(res.checkpoint)}
+               "plots": {k: str(v) for k, v in paths.items()}, "checkpoint": str(res.checkpoint),
+               **{k: pixel[k] for k in ("pixel_auroc", "aupro") if k in pixel}}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"{'reconstruction ' + score_name:<30}: AUROC {auroc:.4f}  AP {ap:.4f}")
     print(f"{'latent 5-NN distance':<30}: AUROC {auroc_lat:.4f}  AP {ap_lat:.4f}")
+    if pixel:
+        from .scoring.localization import describe
+        print(f"{'pixels (planted defects)':<30}: {describe(pixel)}")
     print(f"trained in {t2 - t1:.1f} s, total {results['total_seconds']:.1f} s")
     print(f"plots  : {', '.join(str(p) for p in paths.values())}")
     print(f"results: {out / 'results.json'}   checkpoint: {res.checkpoint}")
@@ -481,12 +492,25 @@ def _dataset_labels(ds):
     return None if (y < 0).all() else y
 
 
+def _score_labels(args, data):
+    """--labels: 'data' (the dataset's) or a .npy, one per sample; None without --labels."""
+    import numpy as np
+
+    labels = None
+    if args.labels is not None:
+        labels = _dataset_labels(data) if args.labels == "data" else np.load(args.labels).reshape(-1)
+        if labels is None:
+            raise ValueError("--labels data: the dataset has no labels")
+        if len(labels) != len(data):
+            raise ValueError(f"--labels has {len(labels)} labels for {len(data)} samples")
+    return labels
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     import pathlib
     import time
 
     import numpy as np
-    import torch
 
     from . import scoring, viz
     from .checkpoint import load_model
@@ -503,13 +527,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             raise ValueError(f"--checkpoint holds a {getattr(model, 'model_name', type(model).__name__)!r} model, "
                              f"not the --model {args.model!r} asked for")
         data = _score_data(args.data, args.split, opts)
-        labels = None
-        if args.labels is not None:
-            labels = _dataset_labels(data) if args.labels == "data" else np.load(args.labels).reshape(-1)
-            if labels is None:
-                raise ValueError("--labels data: the dataset has no labels")
-            if len(labels) != len(data):
-                raise ValueError(f"--labels has {len(labels)} labels for {len(data)} samples")
+        labels = _score_labels(args, data)
         knn = {}
         if args.score == "latent_knn":
             if args.knn_reference is None:
@@ -522,9 +540,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         res = scoring.score(model, data, score=args.score, batch_size=args.batch_size, device=args.device,
                             num_workers=args.num_workers, out=out, resume=not args.no_resume,
-                            maps=args.maps is not None, progress=False, **knn)
+                            maps=args.maps is not None or args.masks is not None, progress=False, **knn)
         dt = time.perf_counter() - t0
-        scores, maps = res if args.maps is not None else (res, None)
+        scores, maps = res if (args.maps is not None or args.masks is not None) else (res, None)
+        pixel = _score_pixels(args, data, maps, out) if args.masks is not None else None
         thr = None
         if args.threshold is not None:
             method, kw = _parse_threshold(args.threshold)
@@ -561,6 +580,40 @@ def _cmd_score(args: argparse.Namespace) -> int:
         if 0 < m["n_anomalies"] < m["n"]:
             paths["roc_pr"] = viz.roc_pr_curves(scores, (np.asarray(labels) == args.pos_label).astype(int),
                                                 plots / f"{stem}_roc_pr.png", names=[args.score])
+    paths.update(_score_image_outputs(args, model, data, scores, maps, pixel, plots / stem, summary))
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    summary["plots"] = {k: str(v) for k, v in paths.items()}
+    (plots / f"{stem}_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return 0
+
+
+def _score_pixels(args, data, maps, out):
+    """--masks: (pixel metrics, maps at the masks' size, masks)."""
+    from .scoring.localization import evaluate_maps, masks_for
+
+    masks = masks_for(args.masks, data)
+    pixel, pixel_maps = evaluate_maps(maps, masks, sigma=args.map_sigma, fpr_limit=args.fpr_limit, score=args.score,
+                                      spill=out.with_name(out.stem + ".pixel_maps.npy"))
+    return pixel, pixel_maps, masks
+
+
+def _score_image_outputs(args, model, data, scores, maps, pixel, prefix, summary: dict) -> dict:
+    """--masks: the pixel metrics (printed, into ``summary``); the top-8 reconstructions and maps (with the
+    ground-truth contours under --masks); --maps DIR. Returns the plots' paths."""
+    import pathlib
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from . import viz
+    from .scoring.localization import describe
+
+    paths, out = {}, pathlib.Path(args.out)
+    if pixel is not None:
+        summary["pixel_metrics"] = pixel[0]
+        print(f"pixel metrics: {describe(pixel[0])}")
     if getattr(model, "image_shape", None) is not None:
         top = np.argsort(-scores, kind="stable")[:8]
         b = data.get_batch(torch.as_tensor(top)) if hasattr(data, "get_batch") else torch.stack(
@@ -570,23 +623,22 @@ def _cmd_score(args: argparse.Namespace) -> int:
             rec = model(x.to(next(model.parameters()).device)).cpu()
         shape = (len(top), *model.image_shape)
         paths["reconstructions"] = viz.reconstruction_grid(x.reshape(shape), rec.reshape(shape),
-                                                           plots / f"{stem}_top_reconstructions.png",
+                                                           f"{prefix}_top_reconstructions.png",
                                                            titles=[f"{scores[i]:.3g}" for i in top])
-        if maps is not None:
-            paths["overlay"] = viz.anomaly_overlay(x.reshape(shape), np.asarray(maps)[top],
-                                                   plots / f"{stem}_top_maps.png")
+        if pixel is not None and tuple(pixel[1].shape[1:]) == tuple(shape[-2:]):  # maps at the images' size
+            paths["overlay"] = viz.anomaly_overlay(x.reshape(shape), np.asarray(pixel[1][top]),
+                                                   f"{prefix}_top_maps.png", masks=np.asarray(pixel[2][top]))
+        elif maps is not None:
+            paths["overlay"] = viz.anomaly_overlay(x.reshape(shape), np.asarray(maps)[top], f"{prefix}_top_maps.png")
     if args.maps is not None:
-        import shutil
         mdir = pathlib.Path(args.maps)
         mdir.mkdir(parents=True, exist_ok=True)
-        src = out.with_name(out.stem + ".maps.npy")
-        shutil.move(str(src), str(mdir / "maps.npy"))
+        shutil.move(str(out.with_name(out.stem + ".maps.npy")), str(mdir / "maps.npy"))
         paths["maps"] = mdir / "maps.npy"
-    for k, v in paths.items():
-        print(f"{k}: {v}")
-    summary["plots"] = {k: str(v) for k, v in paths.items()}
-    (plots / f"{stem}_summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    return 0
+    elif maps is not None:  # computed for --masks only: not left behind
+        out.with_name(out.stem + ".maps.npy").unlink(missing_ok=True)
+    out.with_name(out.stem + ".pixel_maps.npy").unlink(missing_ok=True)
+    return paths
 
 
 def _add_score_parser(sub) -> None:
@@ -605,6 +657,10 @@ def _add_score_parser(sub) -> None:
     s.add_argument("--knn-metric", default="l2", help="latent distance for --score latent_knn (l2, cosine, ...)")
     s.add_argument("--model", help="expected model name; a checkpoint of another model is refused")
     s.add_argument("--maps", metavar="DIR", help="also write per-pixel anomaly maps (image models) to DIR/maps.npy")
+    s.add_argument("--masks", help="ground-truth masks for pixel AUROC / AUPRO: 'data' (the dataset's, e.g. "
+                                   "mvtec:ROOT) or a .npy (N, H, W) of 0/1; maps are resized to the masks' size")
+    s.add_argument("--map-sigma", type=float, help="with --masks: Gaussian sigma smoothing the maps (4 is common)")
+    s.add_argument("--fpr-limit", type=float, default=0.3, help="with --masks: AUPRO integration limit (default 0.3)")
     s.add_argument("--threshold", type=_threshold_arg,
                    help="a number, or METHOD[:K=V,...] (mean_std, percentile, fpr, contamination, pot); checked "
                         "before scoring starts")
@@ -619,6 +675,38 @@ def _add_score_parser(sub) -> None:
                    help="discard what an interrupted run on --out left and start over (without it, a run with "
                         "other data, model or settings is refused)")
     s.set_defaults(func=_cmd_score)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .export import export_scorer
+
+    try:
+        model = load_model(args.checkpoint, device="cpu")
+        path = export_scorer(model, args.out, score=args.score, maps=args.maps, portable=not args.keep_custom_ops)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"pyaeplus export: {e}", file=sys.stderr)
+        return 2
+    outputs = "scores (B,), maps (B, H, W)" if args.maps else "scores (B,)"
+    print(f"exported {getattr(model, 'model_name', type(model).__name__)} + score {args.score!r} -> {path} "
+          f"(input x float32 (B, ...), outputs {outputs}; pyaeplus.export.load_scorer({str(path)!r}) runs it)")
+    return 0
+
+
+def _add_export_parser(sub) -> None:
+    from .export import EXPORTABLE_SCORES
+
+    s = sub.add_parser("export", help="write a checkpoint's model with its score as .pt2 (torch.export) or .onnx",
+                       description="The model and its anomaly score (optionally per-pixel maps) as one graph, with "
+                                   "pyaeplus's kernels replaced by their pure-PyTorch references, so the file runs "
+                                   "with plain torch (.pt2) or onnxruntime (.onnx).")
+    s.add_argument("--checkpoint", required=True, help="checkpoint folder or a run's checkpoint_dir")
+    s.add_argument("--out", required=True, help="model.pt2 or model.onnx")
+    s.add_argument("--score", default="ssim", choices=EXPORTABLE_SCORES, help="anomaly score (default ssim)")
+    s.add_argument("--maps", action="store_true", help="also output the per-pixel maps")
+    s.add_argument("--keep-custom-ops", action="store_true",
+                   help=".pt2 only: keep the fused pyaeplus kernels (the loader must import pyaeplus)")
+    s.set_defaults(func=_cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -639,6 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ---- knn-graph / score --------------------------------------------------------------------
     _add_score_parser(sub)
+    _add_export_parser(sub)
 
     return p
 

@@ -22,6 +22,7 @@ from .ops import ssim as _ssim_ops
 from .ops import topk as _topk_ops  # noqa: F401
 from .ops import topk_encode as _topk_encode_ops  # noqa: F401
 from .reference import ssim as _ssim_ref
+from . import masked_ssim as _masked_ssim
 
 __all__: list[str] = []
 
@@ -363,7 +364,8 @@ def _per_channel(a: _sa.SSIMArgs, want_l1: bool = False):
 def ssim(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, size_average: bool = True, win_size: int = 11,
          win_sigma: float = 1.5, win: _Optional[_torch.Tensor] = None,
          K: _Sequence[float] = (0.01, 0.03), nonnegative_ssim: bool = False, *, padding: str = "valid",
-         window: str = "gaussian", reduction: _Optional[str] = None, check_finite=None) -> _torch.Tensor:
+         window: str = "gaussian", reduction: _Optional[str] = None, check_finite=None,
+         mask: _Optional[_torch.Tensor] = None) -> _torch.Tensor:
     """Structural similarity, a drop-in for ``pytorch_msssim.ssim`` (same arguments, same numbers;
     the deliberate differences are listed in the README).
 
@@ -394,6 +396,9 @@ def ssim(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, size_avera
         check_finite: None (``pyaeplus.config.check_finite``, default ``"auto"``: no data read),
             True (raise ValueError on NaN/Inf in X or Y: one extra read, a host sync on CUDA) or
             False.
+        mask: optional valid pixels, bool or 0/1 (H, W), (N, H, W) or (N|1, C|1, H, W): SSIM over
+            the valid pixels only, with window statistics that never read an invalid pixel (see
+            ``pyaeplus.masked_ssim``; pure PyTorch, 4-d inputs). Images with no valid pixel are NaN.
 
     Returns:
         Scalar tensor, or (N,) with ``size_average=False`` / ``reduction="none"``: the mean over
@@ -402,6 +407,8 @@ def ssim(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, size_avera
         unless checked. Gradients flow to both X and Y.
     """
     a = _sa.parse(X, Y, data_range, win_size, win_sigma, win, K, padding, window, check_finite)
+    if mask is not None:
+        return _masked_ssim.masked_ssim(a, mask, nonnegative_ssim, size_average, reduction)
     s, _, _ = _per_channel(a)
     if nonnegative_ssim:
         s = _torch.relu(s)
@@ -479,18 +486,22 @@ def ms_ssim(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, size_av
 
 def ssim_map(X: _torch.Tensor, Y: _torch.Tensor, data_range: float = 255, win_size: int = 11, win_sigma: float = 1.5,
              win: _Optional[_torch.Tensor] = None, K: _Sequence[float] = (0.01, 0.03), *, padding: str = "valid",
-             window: str = "gaussian", check_finite=None) -> _torch.Tensor:
+             window: str = "gaussian", check_finite=None, mask: _Optional[_torch.Tensor] = None) -> _torch.Tensor:
     """The full SSIM map (per-pixel anomaly maps), differentiable w.r.t. X and Y.
 
     Args:
-        X, Y: images (N, C, H, W) or volumes (N, C, D, H, W); same rules as :func:`ssim`.
+        X, Y: images (N, C, H, W) or volumes (N, C, D, H, W); same rules as :func:`ssim`
+            (4-d with one window for all channels when ``mask`` is given).
         data_range, win_size, win_sigma, win, K, padding, window, check_finite: as in :func:`ssim`.
+        mask: optional valid pixels, as in :func:`ssim`; invalid output positions are NaN.
 
     Returns:
         (N, C, *out) in the dtype :func:`ssim` returns: each spatial side is ``S - win_size + 1``
         for "valid" (``S`` where that side is not smoothed), ``S`` otherwise.
     """
     a = _sa.parse(X, Y, data_range, win_size, win_sigma, win, K, padding, window, check_finite)
+    if mask is not None:
+        return _masked_ssim.masked_ssim_map(a, mask)
     if a.window is None:
         return _ssim_ref.ssim_general(a.X, a.Y, a.win_nd, a.c1, a.c2, a.padding, a.skip, True)[2].to(a.out_dtype)
     return _torch.ops.pyaeplus.ssim_stats(a.X, a.Y, a.window, a.c1, a.c2, a.padding, True)[3].to(a.out_dtype)

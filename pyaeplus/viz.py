@@ -168,12 +168,17 @@ def roc_pr_curves(scores, labels, path, *, names=None) -> pathlib.Path:
     return _save(fig, p)
 
 
-def anomaly_overlay(images, maps, path, *, n: int = 8, alpha: float = 0.5, titles=None) -> pathlib.Path:
-    """Images with their per-pixel anomaly maps overlaid as a heat map (top: image, bottom: overlay).
+def anomaly_overlay(images, maps, path, *, n: int = 8, alpha: float = 0.5, titles=None, masks=None,
+                    vmin: float | None = None, vmax: float | None = None) -> pathlib.Path:
+    """Images with their per-pixel anomaly maps overlaid as a heat map (top: image, bottom: overlay),
+    and the ground-truth defect contour when ``masks`` are given.
 
     Args:
         images: (N, C, H, W) or (N, H, W). maps: (N, H, W) anomaly maps (higher = more anomalous).
         path: PNG path. n: columns. alpha: heat-map opacity. titles: optional per-column strings.
+        masks: optional (N, H, W) ground truth (0/1): its contour is drawn on both rows.
+        vmin, vmax: colour range of the maps (default: min and max of the maps shown; 0 and 1 for maps
+            normalized with ``pyaeplus.scoring.maps.normalize_maps``).
 
     Returns:
         The path written.
@@ -182,15 +187,22 @@ def anomaly_overlay(images, maps, path, *, n: int = 8, alpha: float = 0.5, title
     m = _np("maps", maps, 3)
     if m.shape[0] != a.shape[0] or m.shape[1:] != a.shape[1:3]:
         raise ValueError(f"maps must be (N, H, W) = ({a.shape[0]}, {a.shape[1]}, {a.shape[2]}), got {m.shape}")
+    g = None if masks is None else _np("masks", masks, 3)
+    if g is not None and g.shape != m.shape:
+        raise ValueError(f"masks must have the shape of maps {m.shape}, got {g.shape}")
     p = _out(path)
     n = min(int(n), a.shape[0])
-    lo, hi = float(m[:n].min()), float(m[:n].max())
+    lo = float(m[:n].min()) if vmin is None else float(vmin)
+    hi = float(m[:n].max()) if vmax is None else float(vmax)
     plt = _plt()
     fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 2.8), squeeze=False)
     for j in range(n):
         axes[0, j].imshow(a[j], cmap="gray")
         axes[1, j].imshow(a[j], cmap="gray")
         axes[1, j].imshow(m[j], cmap="jet", alpha=alpha, vmin=lo, vmax=hi if hi > lo else lo + 1)
+        if g is not None and g[j].any():
+            for i in range(2):
+                axes[i, j].contour(g[j], levels=[0.5], colors="lime", linewidths=0.8)
         for i in range(2):
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])

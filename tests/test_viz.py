@@ -31,6 +31,26 @@ def test_plots(tmp_path):
     _ok(viz.training_curves([{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.4}], tmp_path / "tc2.png"))
 
 
+def _lime_pixels(p) -> int:
+    from PIL import Image
+
+    a = np.asarray(Image.open(p).convert("RGB")).astype(int)
+    return int(((a[..., 0] < 40) & (a[..., 1] > 200) & (a[..., 2] < 40)).sum())
+
+
+def test_overlay_draws_the_ground_truth_contour(tmp_path):
+    x = torch.rand(3, 1, 32, 32)
+    maps = torch.rand(3, 32, 32)
+    masks = np.zeros((3, 32, 32), np.uint8)
+    masks[1, 8:20, 10:24] = 1
+    with_gt = viz.anomaly_overlay(x, maps, tmp_path / "gt.png", masks=masks, vmin=0, vmax=1)
+    plain = viz.anomaly_overlay(x, maps, tmp_path / "plain.png", vmin=0, vmax=1)
+    _ok(with_gt)
+    assert _lime_pixels(with_gt) > 50 and _lime_pixels(plain) == 0
+    with pytest.raises(ValueError, match="masks must have the shape"):
+        viz.anomaly_overlay(x, maps, tmp_path / "bad.png", masks=masks[:, :16])
+
+
 def test_bad_input(tmp_path):
     x = np.random.rand(4, 1, 8, 8)
     with pytest.raises(ValueError, match="reconstructions"):

@@ -7,12 +7,13 @@ from typing import Any
 from .arrays import MemmapDataset
 from .idx import load_idx_dataset
 from .images import ImageFolder
+from .mvtec import mvtec_ad
 from .series import csv_series, ecg5000, ucr
 from .transforms import GlobalContrast, MinMaxScaler
 
 __all__ = ["DATASET_KINDS", "open_dataset", "normalize"]
 
-DATASET_KINDS = ("mnist", "fashion-mnist", "kmnist", "ecg5000", "ucr", "csv", "images", "npy")
+DATASET_KINDS = ("mnist", "fashion-mnist", "kmnist", "ecg5000", "ucr", "csv", "images", "npy", "mvtec")
 
 
 def open_dataset(spec: str, *, split: str = "train", **options: Any):
@@ -22,7 +23,8 @@ def open_dataset(spec: str, *, split: str = "train", **options: Any):
         spec: ``mnist:ROOT``, ``fashion-mnist:ROOT``, ``kmnist:ROOT`` (IDX, verified; options
             ``download``, ``classes``), ``ecg5000:ROOT``, ``ucr:FILE``, ``csv:FILE`` (option
             ``label_column``), ``images:DIR`` (options ``mode``, ``size``), ``npy:FILE`` (options
-            ``targets``, ``scale``, ``sample_shape``).
+            ``targets``, ``scale``, ``sample_shape``), ``mvtec:DIR`` (one category folder in the MVTec AD
+            layout, with ground-truth masks; options ``size``, ``channels``, ``resample``).
         split: ``"train"``/``"test"`` for the kinds that have splits (others ignore it).
         **options: passed to the loader.
 
@@ -45,6 +47,8 @@ def open_dataset(spec: str, *, split: str = "train", **options: Any):
         return ImageFolder(path, **options)
     if kind == "npy":
         return MemmapDataset(path, **options)
+    if kind in ("mvtec", "mvtec-ad"):
+        return mvtec_ad(path, split, **options)
     raise ValueError(f"data kind must be one of {DATASET_KINDS}, got {kind!r}")
 
 

@@ -73,7 +73,9 @@ def synthetic_anomalies(n: int, *, anomaly_fraction: float = 0.1, size: int = 28
 
     Returns:
         ArrayDataset with items ``(x (1, size, size) float32 in [0, 1], y)``, ``y`` 0 for normal and
-        1 for anomalous; ``.kinds`` holds per image -1 (normal) or the index in ``ANOMALY_KINDS``.
+        1 for anomalous; ``.kinds`` holds per image -1 (normal) or the index in ``ANOMALY_KINDS``;
+        ``.masks`` (n, size, size) uint8 in {0, 1} marks the pixels each defect replaced (the
+        ground truth of pixel-level metrics; zeros for normal images).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
@@ -90,13 +92,16 @@ def synthetic_anomalies(n: int, *, anomaly_fraction: float = 0.1, size: int = 28
     which = torch.randperm(n, generator=g)[:n_anom]
     allowed = torch.tensor([ANOMALY_KINDS.index(k) for k in kinds])
     kind_idx = allowed[torch.randint(0, len(allowed), (n_anom,), generator=g)]
+    masks = torch.zeros(n, size, size, dtype=torch.uint8)
     if n_anom:
         mask, value = _defect_masks(kind_idx, size, g)
         x[which] = x[which] * (1 - mask) + value * mask
+        masks[which] = (mask > 0).to(torch.uint8)
     y = torch.zeros(n, dtype=torch.int64)
     y[which] = 1
     all_kinds = torch.full((n,), -1, dtype=torch.int64)
     all_kinds[which] = kind_idx
     ds = ArrayDataset(x.unsqueeze(1).contiguous(), y)
     ds.kinds = all_kinds
+    ds.masks = masks
     return ds

@@ -5,13 +5,20 @@
   optionally written in resumable chunks to ``.npy``/``.csv``/``.parquet``; sharded under torchrun.
 * :func:`threshold`: mean_std, percentile, fpr, contamination, pot (GPD peaks over threshold).
 * :func:`metrics`: AUROC, AP, accuracy, precision, recall, F1 (anomaly = positive class).
+* :func:`pixel_metrics`: pixel AUROC and AUPRO of anomaly maps against ground-truth masks (exact,
+  streamed in chunks); :mod:`pyaeplus.scoring.maps`: maps resized, smoothed and normalized as users show them;
+  :func:`localize` / :func:`evaluate_maps`: a model's maps brought to the masks and scored in one call.
 * :func:`normalize`, :func:`combine`, :func:`feature_subsets`: ensembles.
 """
 
 from .detector import AnomalyDetector
 from .engine import SCORES, fingerprint, read_scores, score
+from .pixel import pixel_metrics
+from .localization import evaluate_maps, localize
+from . import maps
 from .thresholds import (METHODS, Normalizer, check_threshold, combine, feature_subsets, metrics, normalize,
                          pot_threshold, threshold)
 
 __all__ = ["score", "read_scores", "fingerprint", "SCORES", "threshold", "check_threshold", "pot_threshold", "metrics",
-           "METHODS", "Normalizer", "normalize", "combine", "feature_subsets", "AnomalyDetector"]
+           "METHODS", "Normalizer", "normalize", "combine", "feature_subsets", "AnomalyDetector", "pixel_metrics",
+           "evaluate_maps", "localize", "maps"]
