@@ -664,14 +664,16 @@ class _TermLog:
 def _iter_batches(ds, batches: list[torch.Tensor], lp: _Loop):
     """The batches of ``ds`` on ``lp.device``. Without workers they are read in this process, without a
     DataLoader around them (``get_batch`` when the dataset has it); on CUDA through pinned memory with
-    non-blocking copies (a copy from pageable memory would wait for the device)."""
+    non-blocking copies (a copy from pageable memory would wait for the device). A DataLoader's
+    iterator is created here, before the steps (it draws its base seed with ``.item()``)."""
     if lp.num_workers > 0:
         source = iter(_loader(ds, batches, lp.num_workers, lp.pin))  # the loader pins
     else:
         source = (_read_batch(ds, idx) for idx in batches)
+    if lp.device.type == "cpu":
+        return source
     pin = lp.pin and lp.num_workers == 0
-    for b in source:
-        yield b if lp.device.type == "cpu" else _to(b, lp.device, pin)
+    return (_to(b, lp.device, pin) for b in source)
 
 
 def _read_batch(ds, idx: torch.Tensor):
@@ -724,9 +726,9 @@ def _train_epoch(lp: _Loop, ds, batches: list[tuple[torch.Tensor, int]], epoch: 
     log = _TermLog(epoch, step, len(batches))
     bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", disable=not lp.progress or lp.rank != 0,
                leave=False, dynamic_ncols=True)
+    it = _iter_batches(ds, [b for b, _ in batches], lp)
     try:
         with lp.guard:
-            it = _iter_batches(ds, [b for b, _ in batches], lp)
             for i, ((idx, n_global), batch) in enumerate(zip(batches, it)):
                 terms = _step(lp, batch, idx.numel(), n_global)
                 row = log.record(terms, idx.numel())

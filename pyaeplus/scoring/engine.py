@@ -480,8 +480,9 @@ def _score_batches(fn, loader, todo: list[tuple[int, int]], dev: torch.device, *
     guard = _sync.Guard(sync_debug, dev)
     host = _HostChunk(dev)
     ci = 0
+    batches = iter(loader)  # before the check: a DataLoader draws its base seed with .item()
     with torch.inference_mode(), guard:
-        for s, x in loader:
+        for s, x in batches:
             cs, ce = todo[ci]
             if s == cs:
                 host.begin(ce - cs)
