@@ -149,7 +149,11 @@ def _time(fn: Callable[[], Any] | BackwardOnly, device: str, *, warmup: int, rep
             t0 = time.perf_counter()
             call()
             times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
+    return _stats(times)
+
+
+def _stats(times: list[float]) -> dict:
+    times = sorted(times)
     q = lambda p: times[min(len(times) - 1, max(0, int(round(p * (len(times) - 1)))))]  # noqa: E731
     return {"median_ms": statistics.median(times), "p20_ms": q(0.2), "p80_ms": q(0.8), "n": len(times)}
 
@@ -263,6 +267,33 @@ class Runner:
               flush=True)
         gc.collect()
         return row
+
+    def add_interleaved(self, config: dict, mode: str, fns: dict[str, Callable[[], Any]], *,
+                        anchor: str | None = None, note: str | None = None) -> list[dict]:
+        """Time the providers of one config in alternation (A B C, A B C, ...: the drift of a shared
+        machine hits them alike), ``warmup`` rounds then ``repeats`` timed rounds; one row per provider
+        (its median and 20th/80th percentiles). For measurements of whole jobs (an epoch, a pass), where
+        one call is long and the machine's load changes between calls. Peak memory is not measured."""
+        fns = {p: f for p, f in fns.items() if self.wants(p)}
+        for _ in range(self.warmup):
+            for f in fns.values():
+                f()
+        times: dict[str, list[float]] = {p: [] for p in fns}
+        for _ in range(self.repeats):
+            for p, f in fns.items():
+                _sync(self.device)
+                t0 = time.perf_counter()
+                f()
+                _sync(self.device)
+                times[p].append((time.perf_counter() - t0) * 1e3)
+        rows = []
+        for p, ts in times.items():
+            row = {"provider": p, "config": config, "mode": mode, "anchor": p == anchor, **_stats(ts),
+                   "peak_mem_bytes": None, "bytes_moved": None, "note": note}
+            self.rows.append(row)
+            rows.append(row)
+            print(f"[{self.name}] {mode:8s} {p:34s} {_cfg(config):40s} {row['median_ms']:10.3f} ms", flush=True)
+        return rows
 
     # -- output ------------------------------------------------------------------------------
     def _ratios(self) -> None:

@@ -449,19 +449,10 @@ def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimize
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler) if use_scaler else None
     _seed_all(seed + rank)
 
-    start_epoch, step, history = 0, 0, []
-    best_val, best_epoch, bad_epochs = math.inf, None, 0
+    start_epoch, step, history, best_val, best_epoch, bad_epochs = 0, 0, [], math.inf, None, 0
     if resume and checkpoint_dir is not None and ckpt.latest_checkpoint(checkpoint_dir) is not None:
-        cfg = ckpt.load_checkpoint(checkpoint_dir, model, optimizer=opt, scaler=scaler, rank=rank)
-        tr = cfg["training"]
-        if tr["world_size"] != world:
-            raise ValueError(f"the checkpoint was written by {tr['world_size']} process(es); resuming with {world} "
-                             "would change the data order and RNG streams")
-        start_epoch, step, history = tr["epoch"] + 1, tr["step"], tr["history"]
-        best_val = math.inf if tr["best_val_loss"] is None else tr["best_val_loss"]
-        best_epoch, bad_epochs = tr["best_epoch"], tr["bad_epochs"]
-        if tr.get("stopped_early"):
-            start_epoch = epochs  # the run had ended by early stopping: nothing left to do
+        start_epoch, step, history, best_val, best_epoch, bad_epochs = _resume(checkpoint_dir, model, opt, scaler,
+                                                                               rank, world, epochs)
 
     net: nn.Module = _LossModule(model, loss)
     if world > 1:
@@ -527,6 +518,19 @@ def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimize
     return FitResult(model=model, history=history, best_epoch=best_epoch,
                      best_val_loss=None if best_val == math.inf else best_val, stopped_early=stopped_early,
                      checkpoint=last_ckpt)
+
+
+def _resume(checkpoint_dir: pathlib.Path, model, opt, scaler, rank: int, world: int, epochs: int) -> tuple:
+    """(start epoch, step, history, best val loss, best epoch, bad epochs) of the LATEST checkpoint, whose
+    weights, optimizer, scaler and RNG states are loaded."""
+    cfg = ckpt.load_checkpoint(checkpoint_dir, model, optimizer=opt, scaler=scaler, rank=rank)
+    tr = cfg["training"]
+    if tr["world_size"] != world:
+        raise ValueError(f"the checkpoint was written by {tr['world_size']} process(es); resuming with {world} "
+                         "would change the data order and RNG streams")
+    start_epoch = epochs if tr.get("stopped_early") else tr["epoch"] + 1  # early-stopped: nothing left to do
+    best_val = math.inf if tr["best_val_loss"] is None else tr["best_val_loss"]
+    return start_epoch, tr["step"], tr["history"], best_val, tr["best_epoch"], tr["bad_epochs"]
 
 
 def _saved_best(checkpoint_dir: pathlib.Path, model: nn.Module) -> dict[str, torch.Tensor] | None:

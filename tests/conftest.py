@@ -55,6 +55,15 @@ def data_root() -> pathlib.Path:
     return DATA_ROOT
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tiny models: extra OpenMP threads only spin on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

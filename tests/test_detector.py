@@ -16,12 +16,7 @@ from pyaeplus.data.arrays import MemmapDataset
 from pyaeplus.scoring import AnomalyDetector
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n, anomalous=False, seed=0, dtype=np.float32):

@@ -21,26 +21,18 @@ import warnings
 
 import pytest
 import sklearn
-import torch
 
 from pyaeplus.scoring import AnomalyDetector, AutoEncoderDetector, DeepSVDDDetector, VAEDetector
 
-pytestmark = pytest.mark.skipif(tuple(int(p) for p in sklearn.__version__.split(".")[:2]) < (1, 6),
-                                reason="check_estimator(expected_failed_checks=...) needs scikit-learn >= 1.6")
+pytestmark = [pytest.mark.skipif(tuple(int(p) for p in sklearn.__version__.split(".")[:2]) < (1, 6),
+                                 reason="check_estimator(expected_failed_checks=...) needs scikit-learn >= 1.6"),
+              pytest.mark.usefixtures("one_thread")]
 
 LABEL_CONVENTION = ("PyOD's labels: predict is 0/1 and decision_function grows with anomalousness; the check wants "
                     "scikit-learn's -1/+1 and decision_function >= 0 for inliers")
 FLOAT32_BATCHES = ("float32 scores depend in the last bit on the batch composition (2e-7 relative), the check "
                    "allows 1e-7")
 EXPECTED = {"check_outliers_train": LABEL_CONVENTION, "check_outliers_fit_predict": LABEL_CONVENTION}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("est, expected", [

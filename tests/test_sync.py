@@ -32,12 +32,7 @@ from pyaeplus.train import fit
 from test_models import FACTORIES, _data
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class CountReads(TorchFunctionMode):
