@@ -428,7 +428,13 @@ def _make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
             kw["fused"] = True
         elif name in ("sgd", "rmsprop"):
             kw["foreach"] = True
-    return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **kw)
+    try:
+        return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **kw)
+    except RuntimeError:
+        if "fused" in kwargs or "fused" not in kw:
+            raise
+        # a torch without this fused kernel: the default implementation, same update rule
+        return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **kwargs)
 
 
 def _model_hooks(model: nn.Module) -> dict[str, Callable[[], None] | None]:
