@@ -8,8 +8,10 @@ One process; the providers of a config are timed in alternation (A B C, A B C, .
   without the data) at batch 32, MSE. Providers: ``plain loop`` (anchor: ``x[idx]``, ``F.mse_loss(model(xb), xb)``,
   ``zero_grad``/``backward``/``step`` with ``torch.optim.Adam`` as constructed by default), ``plain loop, fused
   Adam`` (the optimizer ``fit`` picks: the difference to it is the loop's overhead proper), ``train.fit``
-  (default settings, ``progress=False``), ``train.fit progress=True`` (the tqdm bar), and ``train.fit @df5d778``
-  (the loop before issue 14, loaded from git; ``--no-before`` skips it).
+  (default settings, ``progress=False``), ``train.fit progress=True`` (the tqdm bar), ``train.fit
+  check_finite=False`` (without the models' NaN/Inf input check, ``pyaeplus.config.check_finite``: what is left is
+  the loop's own cost), and ``train.fit @df5d778`` (the loop before issue 14, loaded from git; ``--no-before``
+  skips it).
 * ``end to end`` (goal: >= 1.5x on CPU): ``ConvAE(1, [16, 32], latent 32, loss="ssim", win_size 7)`` (the README's
   model) trained one epoch on ``--n-train`` Fashion-MNIST training images at batch 128, then
   ``--n-test`` test images scored. Providers: ``train.fit + scoring.score`` (``score="ssim"``, batch 512),
@@ -17,6 +19,7 @@ One process; the providers of a config are timed in alternation (A B C, A B C, .
   no-grad scoring loop with ``size_average=False``), and ``plain loop + MSE`` (the floor any loss can reach).
 
     python benchmarks/bench_fit.py [--repeats R] [--rows 4998] [--n-train 4096] [--n-test 4096] [--no-before]
+        [--threads N]
 """
 
 from __future__ import annotations
@@ -85,6 +88,11 @@ def plain_epoch(model, x, batch: int, seed: int, loss_fn, opt_kwargs=None):
         opt.step()
 
 
+def _unchecked(fn):
+    with pyaeplus.config.checks(False):  # the models' own NaN/Inf input check (issue 12's) off
+        fn()
+
+
 def overhead_rows(r: harness.Runner, n: int, before: bool) -> None:
     dev = r.device
     x = ecg_rows(n).to(dev)
@@ -96,6 +104,7 @@ def overhead_rows(r: harness.Runner, n: int, before: bool) -> None:
         "plain loop, fused Adam": lambda: plain_epoch(model, x, 32, 0, F.mse_loss, {"fused": True}),
         "train.fit": lambda: train.fit(model, x, **kw),
         "train.fit progress=True": lambda: train.fit(model, x, **{**kw, "progress": True}),
+        "train.fit check_finite=False": lambda: _unchecked(lambda: train.fit(model, x, **kw)),
     }
     old = fit_before() if before else None
     if old is not None:
@@ -151,9 +160,13 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=None, help="Fashion-MNIST training images (default 4096)")
     ap.add_argument("--n-test", type=int, default=None, help="Fashion-MNIST test images scored (default 4096)")
     ap.add_argument("--no-before", action="store_true", help="skip the train.fit @df5d778 row")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     own, rest = ap.parse_known_args(r.extra)
     if rest:
         raise SystemExit(f"bench_fit.py: unknown arguments {rest}")
+    if own.threads:
+        torch.set_num_threads(own.threads)
+        r.env["device"]["torch_threads"] = torch.get_num_threads()
     if r.args.repeats is None:
         r.repeats = 3 if r.quick else 9
     if r.args.warmup is None:

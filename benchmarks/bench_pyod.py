@@ -17,13 +17,13 @@ Models (PyOD's defaults; ours the preset with the same layer sizes):
 * DeepSVDD: PyOD ``DeepSVDD`` (bias-free F-64-32, lr 1e-4, weight decay 5e-7) vs ``DeepSVDDDetector``.
 
 All at batch 32, ``--epochs`` epochs (default 10), lr 1e-3 (DeepSVDD 1e-4), contamination 0.1, standardization on,
-random_state 0, CPU threads as the process has them. A row's time is the wall time of ``fit`` (network built,
+random_state 0, ``--threads`` intra-op threads (default: torch's). A row's time is the wall time of ``fit`` (network built,
 trained, training set scored); the two libraries are fitted in alternation (``--repeats`` rounds; for ECG5000
 one round per seed), the median is reported, and the AUROC is the mean over rounds (the rounds differ only in
 the ECG5000 split). Rows are harness rows (``median_ms`` = fit time, anchor = PyOD) with ``auroc`` added.
 
     python benchmarks/bench_pyod.py [--epochs 10] [--repeats 2] [--seeds 5] [--datasets generate_data,ecg5000,mnist]
-        [--models AutoEncoder,VAE,DeepSVDD]
+        [--models AutoEncoder,VAE,DeepSVDD] [--threads N]
 """
 
 from __future__ import annotations
@@ -152,9 +152,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=None, help="ECG5000 splits (default 5)")
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--models", default="AutoEncoder,VAE,DeepSVDD")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     own, rest = ap.parse_known_args(r.extra)
     if rest:
         raise SystemExit(f"bench_pyod.py: unknown arguments {rest}")
+    if own.threads:
+        torch.set_num_threads(own.threads)
+        r.env["device"]["torch_threads"] = torch.get_num_threads()
     try:
         import pyod  # noqa: F401
     except ImportError:

@@ -341,6 +341,8 @@ def render_markdown(doc: dict) -> str:
         lines += [doc["description"], ""]
     dev = d.get("name", d.get("device"))
     extra = f", driver {d['driver']}" if d.get("driver") else (f", {d.get('cores')} cores" if d.get("cores") else "")
+    if d.get("torch_threads") and not d.get("driver"):
+        extra += f", {d['torch_threads']} torch thread{'s' if d['torch_threads'] > 1 else ''}"
     lines.append(f"Device: **{dev}**{extra}. Date: {env['date'][:19]}Z. "
                  + ", ".join(f"{k} {val}" for k, val in v.items()) + ".")
     if env.get("copy_bandwidth_gbs"):

@@ -636,8 +636,9 @@ class _TermLog:
             raise TypeError(f"the loss returned the terms {list(keys)} at epoch {self.epoch}, batch "
                             f"{self.done + len(self.rows) + 1}, but {list(self.keys)} before; return the same terms "
                             "every step")
-        row = torch.stack([v.detach() if v.dim() == 0 else v.detach().float().mean() for v in
-                           (terms[k] for k in keys)])
+        dev = terms["loss"].device if isinstance(terms.get("loss"), torch.Tensor) else None
+        row = torch.stack([(v.detach() if v.dim() == 0 else v.detach().float().mean()).to(dev or v.device)
+                           for v in (terms[k] for k in keys)])
         self.rows.append(row)
         self.weights.append(n)
         return row

@@ -442,10 +442,10 @@ class _HostChunk:
         self.dev, self.cuda = dev, dev.type == "cuda"
         self.staging: dict[str, torch.Tensor] = {}
         self.parts: dict[str, torch.Tensor] = {}
-        self.rows = 0
+        self.rows = self.filled = 0
 
     def begin(self, rows: int) -> None:
-        self.rows, self.parts = rows, {}
+        self.rows, self.filled, self.parts = rows, 0, {}
 
     def put(self, key: str, offset: int, t: torch.Tensor) -> None:
         dst = self.parts.get(key)
@@ -454,6 +454,8 @@ class _HostChunk:
         if offset + t.shape[0] > self.rows:
             raise RuntimeError(f"scored rows [{offset}, {offset + t.shape[0]}) of a chunk of {self.rows}")
         dst[offset:offset + t.shape[0]].copy_(t, non_blocking=self.cuda)
+        if key == "scores":
+            self.filled += t.shape[0]
 
     def _buffer(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
         if not self.cuda:  # written in place, handed out as the chunk's array without a copy
@@ -464,6 +466,8 @@ class _HostChunk:
         return buf[:shape[0]]
 
     def finish(self) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.filled != self.rows:
+            raise RuntimeError(f"scored {self.filled} rows for a chunk of {self.rows}")
         if self.cuda:
             torch.cuda.current_stream(self.dev).synchronize()  # the chunk's one synchronisation
             out = {k: v.numpy().copy() for k, v in self.parts.items()}  # the staging buffers are reused
