@@ -19,7 +19,10 @@ Training-loop hooks a model may define (``pyaeplus.train.fit`` calls them when p
 * ``model.on_train_begin(loader)``: once, before the first step (Deep SVDD computes its
   centre here);
 * ``model.on_epoch_end(epoch, loader)``: after every epoch, ``epoch`` counted from 0 (Deep SVDD's
-  soft-boundary radius update).
+  soft-boundary radius update);
+* ``model.on_before_optimizer_step()``: every step, after the backward pass (and float16 unscaling),
+  before gradient clipping and the optimizer step; ``model.on_after_optimizer_step()``: right after
+  the optimizer step (e.g. a decoder kept at unit norm: project the gradient, then renormalise).
 
 ``loader`` is the training data (a DataLoader or any iterable of batches).
 
