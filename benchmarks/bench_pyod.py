@@ -17,12 +17,13 @@ Models (PyOD's defaults; ours the preset with the same layer sizes):
 * DeepSVDD: PyOD ``DeepSVDD`` (bias-free F-64-32, lr 1e-4, weight decay 5e-7) vs ``DeepSVDDDetector``.
 
 All at batch 32, ``--epochs`` epochs (default 10), lr 1e-3 (DeepSVDD 1e-4), contamination 0.1, standardization on,
-random_state 0, ``--threads`` intra-op threads (default: torch's). A row's time is the wall time of ``fit`` (network built,
-trained, training set scored); the two libraries are fitted in alternation (``--repeats`` rounds; for ECG5000
-one round per seed), the median is reported, and the AUROC is the mean over rounds (the rounds differ only in
-the ECG5000 split). Rows are harness rows (``median_ms`` = fit time, anchor = PyOD) with ``auroc`` added.
+``--threads`` intra-op threads (default: torch's). A row's time is the wall time of ``fit`` (network built, trained,
+training set scored); the two libraries are fitted in alternation, one round per seed (``--repeats`` seeds, 3 by
+default; ECG5000: ``--seeds`` splits, 5), the seed being both libraries' ``random_state`` (and the ECG5000 split);
+the median fit time is reported, and the AUROC's mean and standard deviation over the seeds. Rows are harness rows
+(``median_ms`` = fit time, anchor = PyOD) with ``auroc`` added.
 
-    python benchmarks/bench_pyod.py [--epochs 10] [--repeats 2] [--seeds 5] [--datasets generate_data,ecg5000,mnist]
+    python benchmarks/bench_pyod.py [--epochs 10] [--repeats 3] [--seeds 5] [--datasets generate_data,ecg5000,mnist]
         [--models AutoEncoder,VAE,DeepSVDD] [--threads N]
 """
 
@@ -75,22 +76,22 @@ DATASETS = {"generate_data": generate_data, "ecg5000": ecg5000, "mnist": mnist}
 
 
 # ---- models ----------------------------------------------------------------------------------
-def pyod_model(name: str, n_features: int, epochs: int):
+def pyod_model(name: str, n_features: int, epochs: int, seed: int):
     if name == "AutoEncoder":
         from pyod.models.auto_encoder import AutoEncoder
 
-        return AutoEncoder(epoch_num=epochs, batch_size=32, lr=1e-3, random_state=0, verbose=0, device="cpu")
+        return AutoEncoder(epoch_num=epochs, batch_size=32, lr=1e-3, random_state=seed, verbose=0, device="cpu")
     if name == "VAE":
         from pyod.models.vae import VAE
 
-        return VAE(epoch_num=epochs, batch_size=32, lr=1e-3, random_state=0, verbose=0, device="cpu")
+        return VAE(epoch_num=epochs, batch_size=32, lr=1e-3, random_state=seed, verbose=0, device="cpu")
     from pyod.models.deep_svdd import DeepSVDD
 
-    return DeepSVDD(n_features, epochs=epochs, batch_size=32, learning_rate=1e-4, random_state=0, verbose=0)
+    return DeepSVDD(n_features, epochs=epochs, batch_size=32, learning_rate=1e-4, random_state=seed, verbose=0)
 
 
-def ours(name: str, epochs: int, device: str):
-    kw = dict(epochs=epochs, batch_size=32, random_state=0, device=device)
+def ours(name: str, epochs: int, device: str, seed: int):
+    kw = dict(epochs=epochs, batch_size=32, random_state=seed, device=device)
     if name == "AutoEncoder":
         return AutoEncoderDetector(lr=1e-3, weight_decay=1e-5, **kw)
     if name == "VAE":
@@ -112,8 +113,8 @@ def compare(r: harness.Runner, data: str, model: str, rounds: list[int], epochs:
     runs: dict[str, list[tuple[float, float]]] = {"pyod": [], "pyaeplus": []}
     for seed in rounds:
         xtr, xte, yte = DATASETS[data](seed)
-        runs["pyod"].append(_fit(pyod_model(model, xtr.shape[1], epochs), xtr, xte, yte))
-        runs["pyaeplus"].append(_fit(ours(model, epochs, r.device), xtr, xte, yte))
+        runs["pyod"].append(_fit(pyod_model(model, xtr.shape[1], epochs, seed), xtr, xte, yte))
+        runs["pyaeplus"].append(_fit(ours(model, epochs, r.device, seed), xtr, xte, yte))
     cfg = {"data": data, "model": model, "n_train": int(xtr.shape[0]), "features": int(xtr.shape[1]),
            "epochs": epochs, "batch": 32}
     for lib, res in runs.items():
@@ -164,12 +165,12 @@ def main() -> None:
     except ImportError:
         raise SystemExit('bench_pyod.py needs PyOD: pip install ".[bench]"') from None
     epochs = own.epochs or (2 if r.quick else 10)
-    repeats = r.args.repeats or (1 if r.quick else 2)
+    repeats = r.args.repeats or (1 if r.quick else 3)
     for data in own.datasets.split(","):
         if data != "generate_data" and not (DATA / ("mnist" if data == "mnist" else "ecg5000")).exists():
             r.skip(data, f"no data in {DATA}")
             continue
-        rounds = list(range(own.seeds or (1 if r.quick else 5))) if data == "ecg5000" else [0] * repeats
+        rounds = list(range(own.seeds or (1 if r.quick else 5))) if data == "ecg5000" else list(range(repeats))
         for model in own.models.split(","):
             compare(r, data, model, rounds, epochs)
     path = r.finish()

@@ -102,7 +102,7 @@ def device_slug(device: str) -> str:
 def versions() -> dict:
     v = {"python": platform.python_version(), "torch": torch.__version__}
     for mod in ("pyaeplus", "triton", "numpy", "faiss", "pytorch_msssim", "kornia", "torchmetrics", "piq",
-                "fused_ssim", "sklearn", "pynndescent"):
+                "fused_ssim", "sklearn", "pynndescent", "pyod"):
         try:
             m = __import__(mod)
             v[mod] = getattr(m, "__version__", "?")
