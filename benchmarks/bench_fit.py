@@ -160,13 +160,7 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=None, help="Fashion-MNIST training images (default 4096)")
     ap.add_argument("--n-test", type=int, default=None, help="Fashion-MNIST test images scored (default 4096)")
     ap.add_argument("--no-before", action="store_true", help="skip the train.fit @df5d778 row")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    own, rest = ap.parse_known_args(r.extra)
-    if rest:
-        raise SystemExit(f"bench_fit.py: unknown arguments {rest}")
-    if own.threads:
-        torch.set_num_threads(own.threads)
-        r.env["device"]["torch_threads"] = torch.get_num_threads()
+    own = r.own_args(ap)
     if r.args.repeats is None:
         r.repeats = 3 if r.quick else 9
     if r.args.warmup is None:

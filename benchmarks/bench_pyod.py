@@ -36,7 +36,6 @@ import statistics
 import time
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
 import harness
@@ -153,13 +152,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=None, help="ECG5000 splits (default 5)")
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--models", default="AutoEncoder,VAE,DeepSVDD")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    own, rest = ap.parse_known_args(r.extra)
-    if rest:
-        raise SystemExit(f"bench_pyod.py: unknown arguments {rest}")
-    if own.threads:
-        torch.set_num_threads(own.threads)
-        r.env["device"]["torch_threads"] = torch.get_num_threads()
+    own = r.own_args(ap)
     try:
         import pyod  # noqa: F401
     except ImportError:

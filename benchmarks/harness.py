@@ -224,6 +224,18 @@ class Runner:
         # Size sweeps (rows whose config carries "sweep": "<dim>") are on unless --no-sweep.
         self.sweep = not self.args.no_sweep
 
+    def own_args(self, ap: argparse.ArgumentParser) -> argparse.Namespace:
+        """A script's own options, parsed from what the harness left over, plus ``--threads N`` (torch
+        intra-op threads, recorded in the results); unknown arguments end the script."""
+        ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+        own, rest = ap.parse_known_args(self.extra)
+        if rest:
+            raise SystemExit(f"bench_{self.name}.py: unknown arguments {rest}")
+        if own.threads:
+            torch.set_num_threads(own.threads)
+            self.env["device"]["torch_threads"] = torch.get_num_threads()
+        return own
+
     # -- measurement -------------------------------------------------------------------------
     def wants(self, provider: str) -> bool:
         if not self.args.only:
