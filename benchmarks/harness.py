@@ -102,7 +102,7 @@ def device_slug(device: str) -> str:
 def versions() -> dict:
     v = {"python": platform.python_version(), "torch": torch.__version__}
     for mod in ("pyaeplus", "triton", "numpy", "faiss", "pytorch_msssim", "kornia", "torchmetrics", "piq",
-                "fused_ssim", "sklearn", "pynndescent"):
+                "fused_ssim", "sklearn", "pynndescent", "pyod"):
         try:
             m = __import__(mod)
             v[mod] = getattr(m, "__version__", "?")
@@ -258,6 +258,18 @@ class Runner:
         self.doc_extra: dict[str, Any] = {}
         self.sections: dict[str, list[str]] = {}
 
+    def own_args(self, ap: argparse.ArgumentParser) -> argparse.Namespace:
+        """A script's own options, parsed from what the harness left over, plus ``--threads N`` (torch
+        intra-op threads, recorded in the results); unknown arguments end the script."""
+        ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+        own, rest = ap.parse_known_args(self.extra)
+        if rest:
+            raise SystemExit(f"bench_{self.name}.py: unknown arguments {rest}")
+        if own.threads:
+            torch.set_num_threads(own.threads)
+            self.env["device"]["torch_threads"] = torch.get_num_threads()
+        return own
+
     # -- measurement -------------------------------------------------------------------------
     def wants(self, provider: str) -> bool:
         if not self.args.only:
@@ -304,15 +316,20 @@ class Runner:
         return row
 
     def add_interleaved(self, config: dict, mode: str, fns: dict[str, Any], *, note: str | None = None,
-                        memory: bool = False, repeats: int | None = None,
-                        warmup: int | None = None) -> list[dict]:
+                        memory: bool = False, repeats: int | None = None, warmup: int | None = None,
+                        anchor: str | None = None) -> list[dict]:
         """Rows for the providers of one config timed by :func:`interleaved` (alternating rounds,
         so that the drift of a shared machine hits them alike). ``fns``: provider -> fn, the first
-        one the anchor, or provider -> (fn, is_anchor). Each row's ``paired`` is its per-round time
-        ratio to the first provider (median over rounds). ``memory``: also each provider's peak
-        memory, in a separate run (unless ``--no-memory``)."""
+        one the anchor, or provider -> (fn, is_anchor); ``anchor`` names the anchor instead (it is
+        timed first). Each row's ``paired`` is its per-round time ratio to the first provider
+        (median over rounds). ``memory``: also each provider's peak memory, in a separate run
+        (unless ``--no-memory``)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if anchor is not None:
+            if anchor not in fns:
+                raise ValueError(f"anchor {anchor!r} is not one of the providers {list(fns)}")
+            fns = {anchor: (fns[anchor], True), **{k: (f, False) for k, f in fns.items() if k != anchor}}
         fns = {k: f for k, f in fns.items() if self.wants(k)}
         calls = {k: (f[0] if isinstance(f, tuple) else f) for k, f in fns.items()}
         anchor = {k: (f[1] if isinstance(f, tuple) else i == 0) for i, (k, f) in enumerate(fns.items())}
@@ -395,6 +412,8 @@ def render_markdown(doc: dict) -> str:
         lines += [doc["description"], ""]
     dev = d.get("name", d.get("device"))
     extra = f", driver {d['driver']}" if d.get("driver") else (f", {d.get('cores')} cores" if d.get("cores") else "")
+    if d.get("torch_threads") and not d.get("driver"):
+        extra += f", {d['torch_threads']} torch thread{'s' if d['torch_threads'] > 1 else ''}"
     lines.append(f"Device: **{dev}**{extra}. Date: {env['date'][:19]}Z. "
                  + ", ".join(f"{k} {val}" for k, val in v.items()) + ".")
     if env.get("copy_bandwidth_gbs"):

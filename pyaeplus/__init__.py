@@ -12,7 +12,8 @@ from .functional import *  # noqa: E402,F401,F403
 # Heavier subpackages load on first use, so `import pyaeplus` stays cheap (faiss, matplotlib,
 # scikit-learn are imported only by the parts that need them).
 _LAZY_MODULES = ("graph", "models", "data", "train", "scoring", "viz", "checkpoint", "export")
-_LAZY_NAMES = {"AnomalyDetector": "scoring"}
+_LAZY_NAMES = {"AnomalyDetector": "scoring", "AutoEncoderDetector": "scoring", "VAEDetector": "scoring",
+               "DeepSVDDDetector": "scoring"}
 
 
 def __getattr__(name: str):
@@ -27,5 +28,5 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY_MODULES) | set(_LAZY_NAMES))
 
 
-__all__ = (["__version__", "backends", "build_config", "config", "functional", "nn", "AnomalyDetector"]
+__all__ = (["__version__", "backends", "build_config", "config", "functional", "nn"] + list(_LAZY_NAMES)
            + list(_LAZY_MODULES) + list(functional.__all__))

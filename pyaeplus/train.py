@@ -8,7 +8,17 @@ resume, and DistributedDataParallel when launched by ``torchrun``.
 Models may define the hooks ``on_train_begin(loader)`` (before the first step of a run that has
 epochs left; Deep SVDD sets its centre) and ``on_epoch_end(epoch, loader)`` (after each training
 epoch, ``epoch`` from 0; Deep SVDD's radius update). ``loader`` iterates the training set in batches
-of ``batch_size`` (unshuffled, this rank's shard, on the CPU).
+of ``batch_size`` (unshuffled, this rank's shard, on the CPU). Two more hooks run inside every step,
+without arguments: ``on_before_optimizer_step()`` after the backward pass (and after
+``GradScaler.unscale_`` when float16 loss scaling is on, so it sees the true gradients), before
+gradient clipping and the optimizer step (e.g. projecting out the gradient component along
+unit-norm decoder rows), and ``on_after_optimizer_step()`` right after the optimizer step (e.g.
+renormalising those rows). All four are optional; ``fit`` looks them up once per run.
+
+A step reads nothing back from the device: the loss terms stay on the device and are read once per
+log point (every ``log_every`` steps and at the end of each epoch), where the progress bar, the
+TensorBoard step scalars and the non-finite-loss check (which names the exact step) are served.
+``sync_debug="error"`` makes any synchronisation inside a step an error (see ``pyaeplus._sync``).
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import os
 import pathlib
 import random
 import shutil
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -27,8 +38,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data._utils.collate import default_collate, default_convert
 
+from . import _sync
 from . import checkpoint as ckpt
 from ._validate import choice, integer, not_meta, number
 from .data.base import as_dataset
@@ -91,13 +103,15 @@ def _loader(dataset, batches, num_workers: int, pin: bool) -> DataLoader:
                       generator=torch.Generator())  # own generator: the loader never draws from the global RNG
 
 
-def _to(batch, device: torch.device):
+def _to(batch, device: torch.device, pin: bool = False):
     if isinstance(batch, torch.Tensor):
+        if pin and batch.device.type == "cpu":
+            batch = batch.pin_memory()
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(b, device) for b in batch)
+        return type(batch)(_to(b, device, pin) for b in batch)
     if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
+        return {k: _to(v, device, pin) for k, v in batch.items()}
     return batch
 
 
@@ -205,10 +219,13 @@ def _resolve_device(device, world: int) -> torch.device:
     return resolve_device(device)
 
 
-def _allreduce_terms(sums: dict[str, float], count: float, world: int) -> dict[str, float]:
+def _allreduce_terms(sums: dict[str, float], count: float, world: int,
+                     device: torch.device | None = None) -> dict[str, float]:
     keys = sorted(sums)
     if world > 1:
-        t = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64)
+        # NCCL reduces device tensors only
+        t = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64,
+                         device=device if _nccl() else "cpu")
         dist.all_reduce(t)
         vals, count = t[:-1].tolist(), float(t[-1])
     else:
@@ -236,8 +253,8 @@ def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128
         log_dir: str | os.PathLike | None = None, progress: bool = True, patience: int | None = None,
         min_delta: float = 0.0, restore_best: bool = True, batch_sampler=None, shuffle: bool = True,
         drop_last: bool = False, num_workers: int = 0, grad_clip: float | None = None,
-        keep_checkpoints: int = 2, on_step: Callable[[int, dict[str, float]], None] | None = None,
-        metadata: dict[str, Any] | None = None) -> FitResult:
+        keep_checkpoints: int = 2, on_step: Callable[[int, Mapping[str, float]], None] | None = None,
+        metadata: dict[str, Any] | None = None, log_every: int = 50, sync_debug: str | None = None) -> FitResult:
     """Train ``model`` on ``train_data``.
 
     Args:
@@ -282,16 +299,26 @@ def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128
         num_workers: DataLoader worker processes fetching whole batches.
         grad_clip: clip the global gradient norm to this value.
         keep_checkpoints: how many ``epoch-NNNN`` folders to keep (the BEST one is always kept).
-        on_step: ``on_step(step, terms)`` after each optimizer step (rank 0 and others alike).
+        on_step: ``on_step(step, terms)`` after each optimizer step (rank 0 and others alike); ``terms``
+            maps each term to a float, read from the device when first looked at (a callback that
+            does not look costs no synchronisation).
         metadata: JSON-able dict stored in each checkpoint's ``config.json`` under ``"metadata"``
             (e.g. the data spec and the fitted normalization, to score with the same preprocessing).
+        log_every: steps between log points, where the loss terms are read from the device (one
+            transfer), checked for NaN/Inf, shown in the progress bar and written to TensorBoard;
+            the end of each epoch is a log point too. Between log points a step never waits for
+            the device.
+        sync_debug: ``None``, ``"warn"`` or ``"error"``: check that the steps never synchronise with
+            the device (CUDA: ``torch.cuda.set_sync_debug_mode`` around the steps, log points
+            excluded; CPU: every host read of a tensor outside the optimizer's step is flagged).
 
     Returns:
         FitResult (model, per-epoch history, best epoch/loss, whether it stopped early, last checkpoint).
 
     Raises:
         ValueError / TypeError: bad arguments (named); ModuleNotFoundError: ``log_dir`` without tensorboard;
-        FloatingPointError: the loss became NaN/Inf (epoch and step named).
+        FloatingPointError: the loss became NaN/Inf (epoch and step named; raised at the next log point,
+            so the weights are those of up to ``log_every - 1`` steps later).
     """
     # ---- arguments (all checked before anything runs) ----
     if not isinstance(model, nn.Module):
@@ -308,6 +335,8 @@ def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128
     seed = integer("seed", seed, lo=0)
     num_workers = integer("num_workers", num_workers, lo=0)
     keep_checkpoints = integer("keep_checkpoints", keep_checkpoints, lo=1)
+    log_every = integer("log_every", log_every, lo=1)
+    choice("sync_debug", sync_debug, _sync.MODES)
     if amp not in (True, False, None, "bf16", "bfloat16", "fp16", "float16"):
         raise ValueError(f"amp must be True, False, 'bf16' or 'fp16', got {amp!r}")
     if patience is not None:
@@ -350,7 +379,8 @@ def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128
                     resume=resume, writer_cls=writer_cls, log_dir=log_dir, progress=progress, patience=patience,
                     min_delta=min_delta, restore_best=restore_best, batch_sampler=batch_sampler,
                     shuffle=shuffle, drop_last=drop_last, num_workers=num_workers, grad_clip=grad_clip,
-                    keep_checkpoints=keep_checkpoints, on_step=on_step, metadata=metadata)
+                    keep_checkpoints=keep_checkpoints, on_step=on_step, metadata=metadata, log_every=log_every,
+                    sync_debug=sync_debug)
     finally:
         if own_pg:
             dist.destroy_process_group()
@@ -398,14 +428,74 @@ def _resume_from(start, model, opt, scaler, rank: int, world: int, epochs: int):
     return start_epoch, tr["step"], tr["history"], best_val, tr["best_epoch"], tr["bad_epochs"]
 
 
+@dataclasses.dataclass
+class _Loop:
+    """What the step loop needs, built once per ``fit`` (the hooks are looked up here, not per step)."""
+
+    model: nn.Module
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    scaler: Any
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    rank: int
+    world: int
+    grad_clip: float | None
+    on_step: Callable | None
+    writer: Any
+    progress: bool
+    log_every: int
+    num_workers: int
+    guard: _sync.Guard
+    before_opt: Callable[[], None] | None = None
+    after_opt: Callable[[], None] | None = None
+
+    @property
+    def pin(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def _make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, kwargs: dict,
+                    device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer; unless ``kwargs`` choose an implementation, Adam/AdamW run fused (one kernel per
+    parameter instead of ~10 Python-issued ops, CPU and CUDA alike) and the others as foreach ops.
+    Same update rule: the per-step overhead of a small model is what this removes."""
+    kw = dict(kwargs)
+    params = list(model.parameters())
+    if "fused" not in kw and "foreach" not in kw and params:
+        if name in ("adam", "adamw") and device.type in ("cpu", "cuda") and \
+                all(p.is_floating_point() and p.device == params[0].device for p in params):
+            kw["fused"] = True
+        elif name in ("sgd", "rmsprop"):
+            kw["foreach"] = True
+    try:
+        return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **kw)
+    except RuntimeError:
+        if "fused" in kwargs or "fused" not in kw:
+            raise
+        # a torch without this fused kernel: the default implementation, same update rule
+        return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
+def _model_hooks(model: nn.Module) -> dict[str, Callable[[], None] | None]:
+    hooks = {}
+    for key, name in (("before_opt", "on_before_optimizer_step"), ("after_opt", "on_after_optimizer_step")):
+        h = getattr(model, name, None)
+        hooks[key] = h if callable(h) else None
+    return hooks
+
+
 def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimizer_kwargs, weight_decay, loss,
          amp_dtype, device, seed, rank, world, checkpoint_dir, resume, writer_cls, log_dir, progress, patience,
          min_delta, restore_best, batch_sampler, shuffle, drop_last, num_workers, grad_clip, keep_checkpoints,
-         on_step, metadata) -> FitResult:
-    from tqdm.auto import tqdm
-
+         on_step, metadata, log_every, sync_debug) -> FitResult:
     model.to(device)
-    opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay, **optimizer_kwargs)
+    opt = _make_optimizer(optimizer, model, lr, weight_decay, optimizer_kwargs, device)
     use_scaler = amp_dtype == torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler) if use_scaler else None
     _seed_all(seed + rank)
@@ -417,22 +507,17 @@ def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimize
     net: nn.Module = _LossModule(model, loss)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-
-    writer = writer_cls(log_dir=str(log_dir)) if writer_cls is not None and rank == 0 else None
-    pin = device.type == "cuda"
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else contextlib.nullcontext
+    lp = _Loop(model=model, net=net, opt=opt, scaler=scaler, device=device, amp_dtype=amp_dtype, rank=rank,
+               world=world, grad_clip=grad_clip, on_step=on_step, progress=progress, log_every=log_every,
+               writer=writer_cls(log_dir=str(log_dir)) if writer_cls is not None and rank == 0 else None,
+               num_workers=num_workers, guard=_sync.Guard(sync_debug, device), **_model_hooks(model))
     best_state = None
     if restore_best and val_ds is not None and checkpoint_dir is not None and best_epoch is not None:
-        bp = ckpt.best_checkpoint(checkpoint_dir)
-        if bp is not None:  # a resumed run keeps the best weights it had found before
-            tmp = {k: v.clone() for k, v in model.state_dict().items()}
-            ckpt.load_checkpoint(bp, model)
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            model.load_state_dict(tmp)
+        best_state = _saved_best(checkpoint_dir, model)  # a resumed run keeps the best weights it had found
 
     def hook_loader():
         local = torch.tensor_split(torch.arange(len(train_ds)), world)[rank]
-        return _loader(train_ds, list(local.split(batch_size)), num_workers, pin)
+        return _loader(train_ds, list(local.split(batch_size)), num_workers, lp.pin)
 
     begin = getattr(model, "on_train_begin", None)
     if callable(begin) and start_epoch < epochs:
@@ -441,126 +526,44 @@ def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimize
     last_ckpt = start if start is not None else (
         ckpt.latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None)
     stopped_early = False
-    # optional model hooks around the optimizer step (SparseAE's unit-norm decoder rows)
-    before_step, after_step = (getattr(model, h, None) for h in ("on_before_optimizer_step", "on_after_optimizer_step"))
     for epoch in range(start_epoch, epochs):
         model.train()
         batches = _shard(_global_batches(len(train_ds), batch_size, seed, epoch, shuffle, drop_last, batch_sampler),
                          rank, world)
-        loader = _loader(train_ds, [b for b, _ in batches], num_workers, pin)
-        sums: dict[str, float] = {}
-        count = 0.0
-        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or rank != 0,
-                   leave=False, dynamic_ncols=True)
-        for (idx, n_global), batch in zip(batches, loader):
-            batch = _to(batch, device)
-            n_local = idx.numel()
-            with autocast():
-                terms = net(batch)
-            total = terms["loss"]
-            if not bool(torch.isfinite(total.detach()).all()):
-                raise FloatingPointError(f"the loss is {total.item()} at epoch {epoch}, step {step}; lower lr, "
-                                         "enable grad_clip or check the data for NaN")
-            # DDP averages gradients over ranks; weighting each rank's mean by its share of the
-            # global batch makes that average the global batch mean even when shards differ in size.
-            scaled = total.float() * (world * n_local / n_global) if world > 1 else total.float()
-            if scaler is not None:
-                scaler.scale(scaled).backward()
-                if grad_clip is not None or before_step is not None:
-                    scaler.unscale_(opt)
-                if before_step is not None:
-                    before_step()
-                if grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                scaler.step(opt)
-                scaler.update()
-            else:
-                scaled.backward()
-                if before_step is not None:
-                    before_step()
-                if grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                opt.step()
-            if after_step is not None:
-                after_step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            vals = {k: float(v.detach().float().mean()) for k, v in terms.items() if isinstance(v, torch.Tensor)}
-            for k, v in vals.items():
-                sums[k] = sums.get(k, 0.0) + v * n_local
-            count += n_local
-            if writer is not None:
-                for k, v in vals.items():
-                    writer.add_scalar(f"step/{k}", v, step)
-            if on_step is not None:
-                on_step(step, vals)
-            bar.update(1)
-            if bar.n % 5 == 0 or bar.n == len(batches):
-                bar.set_postfix({k: f"{sums[k] / count:.4g}" for k in sorted(sums)}, refresh=False)
-        bar.close()
-        train_terms = _allreduce_terms(sums, count, world)
-
+        train_terms, step = _train_epoch(lp, train_ds, batches, epoch, epochs, step)
         hook = getattr(model, "on_epoch_end", None)
         if callable(hook):
             hook(epoch, hook_loader())
-
-        val_terms = None
-        if val_ds is not None:
-            val_terms = _evaluate(net, val_ds, batch_size, device, rank, world, autocast, num_workers, pin)
-        record = {"epoch": epoch, "step": step, "train": train_terms, "val": val_terms}
-        history.append(record)
+        val_terms = _evaluate(lp, val_ds, batch_size) if val_ds is not None else None
+        history.append({"epoch": epoch, "step": step, "train": train_terms, "val": val_terms})
 
         improved = False
         if val_terms is not None:
-            v = val_terms["loss"]
-            if v < best_val - min_delta:
-                best_val, best_epoch, bad_epochs, improved = v, epoch, 0, True
+            if val_terms["loss"] < best_val - min_delta:
+                best_val, best_epoch, bad_epochs, improved = val_terms["loss"], epoch, 0, True
                 if restore_best:
                     best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
             else:
                 bad_epochs += 1
             if patience is not None and bad_epochs >= patience:
                 stopped_early = epoch + 1 < epochs
-
-        if rank == 0 and progress:
-            msg = " ".join(f"{k}={v:.4g}" for k, v in train_terms.items())
-            if val_terms is not None:
-                msg += " | val " + " ".join(f"{k}={v:.4g}" for k, v in val_terms.items())
-            tqdm.write(f"epoch {epoch + 1}/{epochs}: {msg}")
-        if writer is not None:
-            for k, v in train_terms.items():
-                writer.add_scalar(f"train/{k}", v, epoch + 1)
-            for k, v in (val_terms or {}).items():
-                writer.add_scalar(f"val/{k}", v, epoch + 1)
-            writer.add_scalar("lr", opt.param_groups[0]["lr"], epoch + 1)
-            _log_images(writer, model, val_ds if val_ds is not None else train_ds, device, epoch + 1)
-            writer.flush()
-
+        _log_epoch(lp, epoch, epochs, train_terms, val_terms, val_ds if val_ds is not None else train_ds)
         if checkpoint_dir is not None:
-            rng = _gather_rng(world)  # collective: every rank takes part
-            if rank == 0:
-                state = {"training": {
-                    "epoch": epoch, "step": step, "history": history, "world_size": world,
-                    "best_val_loss": None if best_val == math.inf else best_val, "best_epoch": best_epoch,
-                    "bad_epochs": bad_epochs, "stopped_early": stopped_early,
-                    "fit": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-                            "weight_decay": weight_decay, "seed": seed, "shuffle": shuffle, "drop_last": drop_last,
-                            "amp": None if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
-                            "grad_clip": grad_clip}},
-                    "metadata": metadata}
-                last_ckpt = ckpt.save_checkpoint(checkpoint_dir / f"epoch-{epoch + 1:04d}", model, optimizer=opt,
-                                                 optimizer_name=optimizer, scaler=scaler, rng=rng, state=state)
-                ckpt.point(checkpoint_dir, "LATEST", last_ckpt)
-                if improved:
-                    ckpt.point(checkpoint_dir, "BEST", last_ckpt)
-                _prune(checkpoint_dir, keep_checkpoints)
-            if world > 1:
-                dist.barrier()
+            state = {"training": {
+                "epoch": epoch, "step": step, "history": history, "world_size": world,
+                "best_val_loss": None if best_val == math.inf else best_val, "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs, "stopped_early": stopped_early,
+                "fit": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+                        "weight_decay": weight_decay, "seed": seed, "shuffle": shuffle, "drop_last": drop_last,
+                        "amp": None if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+                        "grad_clip": grad_clip}},
+                "metadata": metadata}
+            last_ckpt = _save_epoch(lp, checkpoint_dir, epoch, optimizer, state, improved, keep_checkpoints) or last_ckpt
         if stopped_early:
             break
 
-    if writer is not None:
-        writer.close()
+    if lp.writer is not None:
+        lp.writer.close()
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return FitResult(model=model, history=history, best_epoch=best_epoch,
@@ -568,25 +571,263 @@ def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimize
                      checkpoint=last_ckpt)
 
 
+def _saved_best(checkpoint_dir: pathlib.Path, model: nn.Module) -> dict[str, torch.Tensor] | None:
+    bp = ckpt.best_checkpoint(checkpoint_dir)
+    if bp is None:
+        return None
+    tmp = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt.load_checkpoint(bp, model)
+    best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(tmp)
+    return best
+
+
+def _save_epoch(lp: _Loop, checkpoint_dir: pathlib.Path, epoch: int, optimizer: str, state: dict, improved: bool,
+                keep: int) -> pathlib.Path | None:
+    """Rank 0 writes ``epoch-NNNN/`` and moves the pointers; every rank takes part in the RNG gather."""
+    rng = _gather_rng(lp.world)  # collective: every rank takes part
+    path = None
+    if lp.rank == 0:
+        path = ckpt.save_checkpoint(checkpoint_dir / f"epoch-{epoch + 1:04d}", lp.model, optimizer=lp.opt,
+                                    optimizer_name=optimizer, scaler=lp.scaler, rng=rng, state=state)
+        ckpt.point(checkpoint_dir, "LATEST", path)
+        if improved:
+            ckpt.point(checkpoint_dir, "BEST", path)
+        _prune(checkpoint_dir, keep)
+    if lp.world > 1:
+        dist.barrier()
+    return path
+
+
+def _log_epoch(lp: _Loop, epoch: int, epochs: int, train_terms: dict, val_terms: dict | None, image_ds) -> None:
+    """The end-of-epoch line (rank 0, with ``progress``) and the TensorBoard epoch scalars and images."""
+    from tqdm.auto import tqdm
+
+    if lp.rank == 0 and lp.progress:
+        msg = " ".join(f"{k}={v:.4g}" for k, v in train_terms.items())
+        if val_terms is not None:
+            msg += " | val " + " ".join(f"{k}={v:.4g}" for k, v in val_terms.items())
+        tqdm.write(f"epoch {epoch + 1}/{epochs}: {msg}")
+    w = lp.writer
+    if w is not None:
+        for k, v in train_terms.items():
+            w.add_scalar(f"train/{k}", v, epoch + 1)
+        for k, v in (val_terms or {}).items():
+            w.add_scalar(f"val/{k}", v, epoch + 1)
+        w.add_scalar("lr", lp.opt.param_groups[0]["lr"], epoch + 1)
+        _log_images(w, lp.model, image_ds, lp.device, epoch + 1)
+        w.flush()
+
+
+# ---- the step loop -------------------------------------------------------------------------
+
+class _Terms(Mapping):
+    """``on_step``'s view of one step's terms: term -> float, read from the device on first access
+    (one transfer for all terms), so a callback that does not look costs no synchronisation."""
+
+    def __init__(self, keys: tuple[str, ...], row: torch.Tensor):
+        self._keys, self._row, self._vals = keys, row, None
+
+    def _values(self) -> dict[str, float]:
+        if self._vals is None:
+            self._vals = dict(zip(self._keys, self._row.tolist()))
+        return self._vals
+
+    def __getitem__(self, k: str) -> float:
+        return self._values()[k]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return repr(self._values())
+
+
+class _TermLog:
+    """The loss terms of one pass, kept on the device: one stacked row per step, read in one
+    transfer at each log point. The read is the loop's only device-to-host copy; it checks the
+    total of every step since the previous read and names the first non-finite one."""
+
+    def __init__(self, epoch: int, step: int, n_batches: int, check: bool = True):
+        self.epoch, self.step, self.n_batches, self.check = epoch, step, n_batches, check
+        self.keys: tuple[str, ...] | None = None
+        self.rows: list[torch.Tensor] = []
+        self.weights: list[int] = []
+        self.done = 0  # batches read so far
+        self.sums: dict[str, float] = {}
+        self.count = 0.0
+
+    def record(self, terms: dict, n: int) -> torch.Tensor:
+        keys = tuple(k for k, v in terms.items() if isinstance(v, torch.Tensor))
+        if self.keys is None:
+            self.keys = keys
+        elif keys != self.keys:
+            raise TypeError(f"the loss returned the terms {list(keys)} at epoch {self.epoch}, batch "
+                            f"{self.done + len(self.rows) + 1}, but {list(self.keys)} before; return the same terms "
+                            "every step")
+        dev = terms["loss"].device if isinstance(terms.get("loss"), torch.Tensor) else None
+        row = torch.stack([(v.detach() if v.dim() == 0 else v.detach().float().mean()).to(dev or v.device)
+                           for v in (terms[k] for k in keys)])
+        self.rows.append(row)
+        self.weights.append(n)
+        return row
+
+    @property
+    def pending(self) -> int:
+        return len(self.rows)
+
+    def read(self, writer=None) -> None:
+        """Fold the pending rows into the sums (float64, in step order), write the step scalars."""
+        if not self.rows:
+            return
+        vals = torch.stack(self.rows).double().cpu().tolist()  # the one synchronisation
+        li = self.keys.index("loss") if self.check and "loss" in self.keys else None
+        for j, (row, n) in enumerate(zip(vals, self.weights)):
+            if li is not None and not math.isfinite(row[li]):
+                b = self.done + j + 1
+                raise FloatingPointError(
+                    f"the loss is {row[li]} at epoch {self.epoch}, step {self.step + b} (batch {b} of "
+                    f"{self.n_batches} of the epoch); lower lr, enable grad_clip or check the data for NaN")
+            for k, v in zip(self.keys, row):
+                self.sums[k] = self.sums.get(k, 0.0) + v * n
+            self.count += n
+            if writer is not None:
+                for k, v in zip(self.keys, row):
+                    writer.add_scalar(f"step/{k}", v, self.step + self.done + j + 1)
+        self.done += len(self.rows)
+        self.rows, self.weights = [], []
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.count for k in sorted(self.sums)}
+
+
+def _iter_batches(ds, batches: list[torch.Tensor], lp: _Loop):
+    """The batches of ``ds`` on ``lp.device``. Without workers they are read in this process, without a
+    DataLoader around them (``get_batch`` when the dataset has it); on CUDA through pinned memory with
+    non-blocking copies (a copy from pageable memory would wait for the device). A DataLoader's
+    iterator is created here, before the steps (it draws its base seed with ``.item()``)."""
+    if lp.num_workers > 0:
+        source = iter(_loader(ds, batches, lp.num_workers, lp.pin))  # the loader pins
+    else:
+        source = (_read_batch(ds, idx) for idx in batches)
+    if lp.device.type == "cpu":
+        return source
+    pin = lp.pin and lp.num_workers == 0
+    return (_to(b, lp.device, pin) for b in source)
+
+
+def _read_batch(ds, idx: torch.Tensor):
+    if hasattr(ds, "get_batch"):
+        b = ds.get_batch(idx)
+        if isinstance(b, torch.Tensor) or (isinstance(b, (tuple, list)) and
+                                           all(isinstance(e, torch.Tensor) for e in b)):
+            return b
+        return default_convert(b)  # what the DataLoader would have done
+    return default_collate([ds[int(j)] for j in idx])
+
+
+def _step(lp: _Loop, batch, n_local: int, n_global: int) -> dict:
+    """One optimizer step on ``batch``; returns the loss terms (on the device, nothing read)."""
+    with lp.autocast():
+        terms = lp.net(batch)
+    total = terms["loss"]
+    # DDP averages gradients over ranks; weighting each rank's mean by its share of the
+    # global batch makes that average the global batch mean even when shards differ in size.
+    scaled = total.float() * (lp.world * n_local / n_global) if lp.world > 1 else total.float()
+    if lp.scaler is not None:
+        lp.scaler.scale(scaled).backward()
+        if lp.grad_clip is not None or lp.before_opt is not None:
+            lp.scaler.unscale_(lp.opt)  # hooks and clipping see the true gradients
+    else:
+        scaled.backward()
+    if lp.before_opt is not None:
+        lp.before_opt()
+    if lp.grad_clip is not None:
+        nn.utils.clip_grad_norm_(lp.model.parameters(), lp.grad_clip)
+    with lp.guard.optimizer_step():
+        if lp.scaler is not None:
+            lp.scaler.step(lp.opt)
+            lp.scaler.update()
+        else:
+            lp.opt.step()
+    if lp.after_opt is not None:
+        lp.after_opt()
+    lp.opt.zero_grad(set_to_none=True)
+    return terms
+
+
+def _train_epoch(lp: _Loop, ds, batches: list[tuple[torch.Tensor, int]], epoch: int, epochs: int,
+                 step: int) -> tuple[dict[str, float], int]:
+    """One epoch of steps. Nothing is read from the device between log points (every ``log_every``
+    steps and the epoch's end): there the terms are read once, the loss checked, the progress bar
+    and the TensorBoard step scalars updated. Returns (epoch means of the terms, global step)."""
+    from tqdm.auto import tqdm
+
+    log = _TermLog(epoch, step, len(batches))
+    bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", disable=not lp.progress or lp.rank != 0,
+               leave=False, dynamic_ncols=True)
+    it = _iter_batches(ds, [b for b, _ in batches], lp)
+    try:
+        with lp.guard:
+            for i, ((idx, n_global), batch) in enumerate(zip(batches, it)):
+                terms = _step(lp, batch, idx.numel(), n_global)
+                row = log.record(terms, idx.numel())
+                if lp.on_step is not None:
+                    with lp.guard.paused():
+                        lp.on_step(step + i + 1, _Terms(log.keys, row))
+                bar.update(1)
+                if log.pending >= lp.log_every or i + 1 == len(batches):
+                    with lp.guard.paused():
+                        _read_log(lp, log, bar)
+    finally:
+        bar.close()
+    return _allreduce_terms(log.sums, log.count, lp.world, lp.device), step + len(batches)
+
+
+def _read_log(lp: _Loop, log: _TermLog, bar) -> None:
+    """A log point: read the pending terms; under DDP every rank learns of a non-finite loss on any
+    rank here (so none is left waiting in a collective), and raises the same error."""
+    err = None
+    try:
+        log.read(lp.writer)
+    except FloatingPointError as e:
+        err = e
+    if lp.world > 1:
+        flag = torch.tensor([0.0 if err is None else 1.0], device=lp.device if _nccl() else "cpu")
+        dist.all_reduce(flag)
+        if err is None and flag.item() > 0:
+            err = FloatingPointError(f"the loss became non-finite on another rank at epoch {log.epoch} "
+                                     f"(by step {log.step + log.done + log.pending})")
+    if err is not None:
+        raise err
+    if not bar.disable and log.count:
+        bar.set_postfix({k: f"{v:.4g}" for k, v in log.means().items()}, refresh=False)
+
+
+def _nccl() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl"
+
+
 @torch.no_grad()
-def _evaluate(net, ds, batch_size, device, rank, world, autocast, num_workers, pin) -> dict[str, float]:
-    inner = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+def _evaluate(lp: _Loop, ds, batch_size: int) -> dict[str, float]:
+    """Mean terms over ``ds`` (this rank's shard, then all-reduced), read from the device once."""
+    inner = lp.net.module if isinstance(lp.net, nn.parallel.DistributedDataParallel) else lp.net
     was = inner.model.training
     inner.model.eval()
-    local = torch.tensor_split(torch.arange(len(ds)), world)[rank]
-    sums: dict[str, float] = {}
-    count = 0.0
+    local = torch.tensor_split(torch.arange(len(ds)), lp.world)[lp.rank]
+    batches = list(local.split(batch_size))
+    log = _TermLog(-1, 0, len(batches), check=False)
     try:
-        for idx, batch in zip(local.split(batch_size), _loader(ds, list(local.split(batch_size)), num_workers, pin)):
-            with autocast():
-                terms = inner(_to(batch, device))  # the unwrapped module: no DDP sync in eval
-            for k, v in terms.items():
-                if isinstance(v, torch.Tensor):
-                    sums[k] = sums.get(k, 0.0) + float(v.detach().float().mean()) * idx.numel()
-            count += idx.numel()
+        for idx, batch in zip(batches, _iter_batches(ds, batches, lp)):
+            with lp.autocast():
+                log.record(inner(batch), idx.numel())  # the unwrapped module: no DDP sync in eval
+        log.read()
     finally:
         inner.model.train(was)
-    return _allreduce_terms(sums, count, world)
+    return _allreduce_terms(log.sums, log.count, lp.world, lp.device)
 
 
 @torch.no_grad()

@@ -48,3 +48,14 @@ def test_training_example_runs(tmp_path, monkeypatch):
     assert ns["s"].shape == (10000,) and (tmp_path / "scores.npy").exists()
     assert 0.5 < ns["m"]["auroc"] <= 1.0 and ns["knn"].shape == (10000,)
     assert set(np.unique(ns["flags"]).tolist()) <= {0, 1} and ns["det"].threshold_ > 0
+
+
+def test_detector_example_runs():
+    code = _blocks()[3]
+    assert "AutoEncoderDetector" in code
+    ns: dict = {}
+    exec(compile(code, "README.md:detector", "exec"), ns)
+    assert ns["scores"].shape == (100,) and ns["scores"].dtype == np.float64
+    assert ns["labels"][-10:].sum() >= 9 and ns["labels"][:90].sum() <= 20  # the uniform rows are found
+    assert ns["proba"].shape == (100, 2) and ns["conf"].shape == (100,)
+    assert ns["svdd"].decision_scores_.shape == (1000,)

@@ -123,6 +123,12 @@ class DeepOCSVM(AutoEncoder):
         self._gamma_known = True
         return float(self.gamma)
 
+    def on_train_begin(self, loader) -> None:
+        """Hook: resolves ``gamma="scale"`` from the first training batch before the first step, so the
+        step itself never reads the device (``train.fit(sync_debug="error")`` holds from step 1)."""
+        if not self._gamma_ready():
+            self.init_gamma([next(iter(loader))])
+
     def _gamma_ready(self) -> bool:
         # reads the buffer (a device sync) only until it is known to be set
         if not getattr(self, "_gamma_known", False) and float(self.gamma) > 0:

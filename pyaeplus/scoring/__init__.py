@@ -1,5 +1,5 @@
 """Large-scale batch scoring, thresholds, metrics, score normalization/combination and the
-``AnomalyDetector`` estimator.
+``AnomalyDetector`` estimator (scikit-learn / PyOD conventions) with its presets.
 
 * :func:`score`: per-sample anomaly scores in input order, streamed through DataLoader workers,
   optionally written in resumable chunks to ``.npy``/``.csv``/``.parquet``; sharded under torchrun.
@@ -9,9 +9,11 @@
   streamed in chunks); :mod:`pyaeplus.scoring.maps`: maps resized, smoothed and normalized as users show them;
   :func:`localize` / :func:`evaluate_maps`: a model's maps brought to the masks and scored in one call.
 * :func:`normalize`, :func:`combine`, :func:`feature_subsets`: ensembles.
+* :class:`AnomalyDetector` (any model of the zoo) and :class:`AutoEncoderDetector`,
+  :class:`VAEDetector`, :class:`DeepSVDDDetector` (PyOD's networks).
 """
 
-from .detector import AnomalyDetector
+from .detector import AnomalyDetector, AutoEncoderDetector, DeepSVDDDetector, VAEDetector
 from .engine import SCORES, fingerprint, read_scores, score
 from .pixel import pixel_metrics
 from .localization import evaluate_maps, localize
@@ -20,5 +22,5 @@ from .thresholds import (METHODS, Normalizer, check_threshold, combine, feature_
                          pot_threshold, threshold)
 
 __all__ = ["score", "read_scores", "fingerprint", "SCORES", "threshold", "check_threshold", "pot_threshold", "metrics",
-           "METHODS", "Normalizer", "normalize", "combine", "feature_subsets", "AnomalyDetector", "pixel_metrics",
-           "evaluate_maps", "localize", "maps"]
+           "METHODS", "Normalizer", "normalize", "combine", "feature_subsets", "AnomalyDetector", "AutoEncoderDetector",
+           "VAEDetector", "DeepSVDDDetector", "pixel_metrics", "evaluate_maps", "localize", "maps"]

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .. import _sync
 from .._validate import integer
 from ..runtime.devices import resolve_device
 from .ledger import ScoreLedger
@@ -230,7 +231,7 @@ def _device(device) -> torch.device:
     return resolve_device(device)
 
 
-def _check_args(model, score, batch_size, num_workers, chunk_size, k, knn_reference, data_id) -> None:
+def _check_args(model, score, batch_size, num_workers, chunk_size, k, knn_reference, data_id, sync_debug) -> None:
     """Every argument of :func:`score` that can be checked before any data is read."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -242,6 +243,8 @@ def _check_args(model, score, batch_size, num_workers, chunk_size, k, knn_refere
         raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
     if chunk_size is not None:
         integer("chunk_size", chunk_size, lo=1)
+    if sync_debug not in _sync.MODES:
+        raise ValueError(f"sync_debug must be None, 'warn' or 'error', got {sync_debug!r}")
     if score == "svdd" and not hasattr(model, "c"):
         raise ValueError("score='svdd' needs a Deep SVDD model (pyaeplus.models 'svdd')")
     if score == "elbo" and not hasattr(model, "encode_dist"):
@@ -286,7 +289,8 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
           device: str | torch.device = "auto", amp: bool = True, num_workers: int = 0, out=None,
           resume: bool = True, maps: bool = False, progress: bool = True, chunk_size: int | None = None,
           knn_reference=None, k: int = 5, knn_metric: str = "l2", knn_backend: str = "auto",
-          knn_exclude_self: bool = False, data_id: str | None = None) -> np.ndarray:
+          knn_exclude_self: bool = False, data_id: str | None = None,
+          sync_debug: str | None = None) -> np.ndarray:
     """Score every sample of ``data`` with ``model``, in input order (higher = more anomalous).
 
     Args:
@@ -328,12 +332,15 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
         data_id: with ``out``, a string naming the data for the resume check instead of the default
             fingerprint (a hash of 64 sampled rows plus the shape, dtype and length): pass one when
             reading rows is expensive, or to tell apart datasets that agree on those rows.
+        sync_debug: ``None``, ``"warn"`` or ``"error"``: check that scoring a batch never synchronises
+            with the device (see ``pyaeplus._sync``; the one synchronisation per completed chunk is
+            outside the check). A CPU k-NN index (``latent_knn`` on faiss-cpu) reads every batch.
 
     Returns:
         float32 array (N,) of scores; with ``maps=True`` a tuple ``(scores, maps (N, H, W))``.
         Under ``torch.distributed`` every rank scores a contiguous shard and gets the full result.
     """
-    _check_args(model, score, batch_size, num_workers, chunk_size, k, knn_reference, data_id)
+    _check_args(model, score, batch_size, num_workers, chunk_size, k, knn_reference, data_id, sync_debug)
     p, fmt = _check_out(out) if out is not None else (None, None)
     ds = _dataset(data)
     n = len(ds)
@@ -364,37 +371,19 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
     cuda = dev.type == "cuda"
     loader = torch.utils.data.DataLoader(_Batches(ds, starts, batch_size, hi), batch_size=None, shuffle=False,
                                          num_workers=num_workers, pin_memory=cuda,
-                                         persistent_workers=False, prefetch_factor=4 if num_workers else None)
+                                         persistent_workers=False, prefetch_factor=4 if num_workers else None,
+                                         generator=torch.Generator())  # never draws from the global RNG
     use_amp = _use_amp(amp, cuda)
     t0, rows = time.perf_counter(), 0
-    it = iter(loader)
-    ci = 0
-    buf_s: list[torch.Tensor] = []
-    buf_m: list[torch.Tensor] = []
+    p0 = next(iter(model.parameters()), None)
     try:
-        with torch.inference_mode():
-            for s, x in it:
-                x = x.to(dev, non_blocking=True)
-                if x.dtype != next(iter(model.parameters()), x).dtype and x.is_floating_point():
-                    x = x.to(next(model.parameters()).dtype)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                    sc, mp = fn(x)
-                buf_s.append(sc.float())
-                if maps:
-                    buf_m.append(mp.float())
-                rows += x.shape[0]
-                cs, ce = todo[ci]
-                if s + x.shape[0] >= ce:
-                    arr = torch.cat(buf_s).cpu().numpy().astype(np.float32, copy=False)
-                    marr = torch.cat(buf_m).cpu().numpy().astype(np.float32, copy=False) if maps else None
-                    buf_s, buf_m = [], []
-                    if arr.shape[0] != ce - cs:
-                        raise RuntimeError(f"scored {arr.shape[0]} rows for chunk [{cs}, {ce})")
-                    if led is not None:
-                        led.record(cs, ce, arr, marr)
-                    else:
-                        results[(cs, ce)] = (arr, marr)
-                    ci += 1
+        for (cs, ce), arr, marr in _score_batches(fn, loader, todo, dev, amp=use_amp, maps=maps,
+                                                  dtype=None if p0 is None else p0.dtype, sync_debug=sync_debug):
+            rows += ce - cs
+            if led is not None:
+                led.record(cs, ce, arr, marr)
+            else:
+                results[(cs, ce)] = (arr, marr)
     except BaseException:
         if led is not None:  # the chunks done stay for a resume; a parts folder with none is removed
             led.abort()
@@ -431,6 +420,78 @@ def _gather(results: dict, chunks: list[tuple[int, int]], maps: bool, world: int
         sc = np.concatenate([g[0] for g in gathered])
         mp = np.concatenate([g[1] for g in gathered if g[1] is not None]) if maps else None
     return (sc, mp) if maps else sc
+
+
+class _HostChunk:
+    """The scores (and maps) of one chunk, gathered in host memory batch by batch: on CUDA each batch is
+    copied without waiting (non-blocking, into a pinned staging buffer reused from chunk to chunk) and
+    the device is synchronised once, when the chunk is complete."""
+
+    def __init__(self, dev: torch.device):
+        self.dev, self.cuda = dev, dev.type == "cuda"
+        self.staging: dict[str, torch.Tensor] = {}
+        self.parts: dict[str, torch.Tensor] = {}
+        self.rows = self.filled = 0
+
+    def begin(self, rows: int) -> None:
+        self.rows, self.filled, self.parts = rows, 0, {}
+
+    def put(self, key: str, offset: int, t: torch.Tensor) -> None:
+        dst = self.parts.get(key)
+        if dst is None:
+            dst = self.parts[key] = self._buffer(key, (self.rows, *t.shape[1:]))
+        if offset + t.shape[0] > self.rows:
+            raise RuntimeError(f"scored rows [{offset}, {offset + t.shape[0]}) of a chunk of {self.rows}")
+        dst[offset:offset + t.shape[0]].copy_(t, non_blocking=self.cuda)
+        if key == "scores":
+            self.filled += t.shape[0]
+
+    def _buffer(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if not self.cuda:  # written in place, handed out as the chunk's array without a copy
+            return torch.from_numpy(np.empty(shape, np.float32))
+        buf = self.staging.get(key)
+        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+            buf = self.staging[key] = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        return buf[:shape[0]]
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.filled != self.rows:
+            raise RuntimeError(f"scored {self.filled} rows for a chunk of {self.rows}")
+        if self.cuda:
+            torch.cuda.current_stream(self.dev).synchronize()  # the chunk's one synchronisation
+            out = {k: v.numpy().copy() for k, v in self.parts.items()}  # the staging buffers are reused
+        else:
+            out = {k: v.numpy() for k, v in self.parts.items()}
+        return out["scores"], out.get("maps")
+
+
+def _score_batches(fn, loader, todo: list[tuple[int, int]], dev: torch.device, *, amp: bool, maps: bool,
+                   dtype: torch.dtype | None, sync_debug: str | None):
+    """Score the batches of ``loader`` (items ``(start row, x)``, the rows of the chunks ``todo`` in
+    order) with ``fn``; yields ``((cs, ce), scores (ce-cs,) float32, maps or None)`` per completed
+    chunk. Nothing is read from the device between chunk ends (``sync_debug`` checks it)."""
+    guard = _sync.Guard(sync_debug, dev)
+    host = _HostChunk(dev)
+    ci = 0
+    batches = iter(loader)  # before the check: a DataLoader draws its base seed with .item()
+    with torch.inference_mode(), guard:
+        for s, x in batches:
+            cs, ce = todo[ci]
+            if s == cs:
+                host.begin(ce - cs)
+            x = x.to(dev, non_blocking=True)
+            if dtype is not None and x.is_floating_point() and x.dtype != dtype:
+                x = x.to(dtype)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                sc, mp = fn(x)
+            host.put("scores", s - cs, sc)
+            if maps:
+                host.put("maps", s - cs, mp)
+            if s + x.shape[0] >= ce:
+                with guard.paused():
+                    arr, marr = host.finish()
+                    yield (cs, ce), arr, marr
+                ci += 1
 
 
 def _latents(model, ref, batch_size: int, dev) -> torch.Tensor:
