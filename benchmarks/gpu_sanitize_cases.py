@@ -78,6 +78,20 @@ def case_sparse_decode(dev: str) -> None:
     _grad(pyaeplus.sparse_decode(values.detach(), indices, weight), weight)
 
 
+def case_topk_encode(dev: str) -> None:
+    x = torch.randn(9, 37, device=dev, requires_grad=True)
+    weight = torch.randn(301, 37, device=dev, requires_grad=True)
+    bias = torch.randn(301, device=dev, requires_grad=True)
+    for relu in (False, True):
+        r = pyaeplus.topk_encode(x, weight, bias, 7, relu=relu)
+        _grad(r.values, x, weight, bias)
+    r = pyaeplus.topk_encode(x, weight, None, 5, batch=True)          # BatchTopK: the batch_topk_encode op
+    _grad(r.values, x, weight)
+    _grad(pyaeplus.topk_encode(x.detach(), weight, bias, 7).values, weight, bias)  # grad_weight only
+    xb, wb = x.detach().bfloat16().requires_grad_(), weight.detach().bfloat16().requires_grad_()
+    _grad(pyaeplus.topk_encode(xb, wb, None, 301).values, xb, wb)     # k == D, bfloat16
+
+
 def case_laplacian(dev: str) -> None:
     gen = torch.Generator().manual_seed(0)
     src = torch.arange(301).repeat_interleave(4)
@@ -91,7 +105,8 @@ def case_laplacian(dev: str) -> None:
         pyaeplus.laplacian_loss(z, g)
 
 
-CASES = {"ssim": case_ssim, "topk": case_topk, "sparse_decode": case_sparse_decode, "laplacian": case_laplacian}
+CASES = {"ssim": case_ssim, "topk": case_topk, "sparse_decode": case_sparse_decode, "topk_encode": case_topk_encode,
+         "laplacian": case_laplacian}
 
 
 def registered_ops() -> set[str]:

@@ -60,6 +60,8 @@ FACTORIES = {
     "deep_ocsvm": lambda x: M.DeepOCSVM(M.DenseAE(F, [64], 16), nu=0.1, n_features=64),
     "sparse": lambda x: M.SparseAE(F, 512, k=16, input_shape=SHAPE),
     "sparse_l1": lambda x: M.SparseAE(F, 128, sparsity="l1"),
+    "sparse_batch_auxk": lambda x: M.SparseAE(F, 512, k=16, batch_topk=True, aux_k=32, dead_steps=1,
+                                              input_shape=SHAPE),
     "laplacian": _laplacian,
 }
 # registry name -> the factory that covers it (the rest of the registry must have a factory of its name)

@@ -64,7 +64,8 @@ def test_zoo_step_and_sanitizer_cases_on_cpu(tmp_path):
     # every registered model has a factory (a new model must get one)
     import pyaeplus.models as M
     assert all(gpu_zoo_step.COVERS.get(n, n) in gpu_zoo_step.FACTORIES for n in M.MODELS)
-    assert gpu_sanitize_cases.main(["--backend", "cpu", "--only", "topk,sparse_decode"]) == 0
+    # every case runs, and together they reach every registered pyaeplus op (exit 3 names a new op without one)
+    assert gpu_sanitize_cases.main(["--backend", "cpu"]) == 0
 
 
 def _row(op, provider, ms, anchor=False, mode="full", **cfg):
