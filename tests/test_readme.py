@@ -16,6 +16,13 @@ def _blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+def _block(marker: str) -> str:
+    """The one Python block of the README that contains ``marker``."""
+    found = [b for b in _blocks() if marker in b]
+    assert len(found) == 1, f"{len(found)} README blocks contain {marker!r}"
+    return found[0]
+
+
 def test_readme_has_examples():
     assert len(_blocks()) >= 2
 
@@ -51,8 +58,7 @@ def test_training_example_runs(tmp_path, monkeypatch):
 
 
 def test_detector_example_runs():
-    code = _blocks()[3]
-    assert "AutoEncoderDetector" in code
+    code = _block("AutoEncoderDetector(")
     ns: dict = {}
     exec(compile(code, "README.md:detector", "exec"), ns)
     assert ns["scores"].shape == (100,) and ns["scores"].dtype == np.float64
