@@ -26,6 +26,7 @@
 #endif
 
 #include "common.h"
+#include "cpu_dispatch.h"
 #include "parallel.h"
 #include "registry.h"
 
@@ -99,7 +100,7 @@ inline void zero_fill(void* p, size_t bytes, bool stream) {
 constexpr int64_t kStreamBytes = 16 << 20;
 
 constexpr int kBlockAvx = 32;  // == kBlock below
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef PYAEPLUS_X86_DISPATCH
 #define PYAEPLUS_TOPK_AVX2 1
 // The block-maximum pass is the whole cost of a small-k selection (every element is read
 // once, ~7 integer ops each). Written with AVX2 intrinsics in a function compiled for AVX2 and
@@ -179,10 +180,6 @@ __attribute__((target("avx2"))) void block_max_keys_avx2(const typename Ln::elem
   }
 }
 
-inline bool cpu_has_avx2() {
-  static const bool v = __builtin_cpu_supports("avx2");
-  return v;
-}
 #endif
 
 template <typename K>
