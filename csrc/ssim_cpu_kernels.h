@@ -5,10 +5,12 @@
 //
 // Vectors are GCC/Clang vector extensions of 32 bytes (8 floats, 4 doubles): one AVX register
 // in the AVX2 build, a pair of SSE registers in the baseline build, so both builds run the same
-// arithmetic in the same order. The filter passes keep the window taps in registers and one
-// accumulator per output vector (one load and one FMA per tap, one store per output vector);
-// the window length is a template argument for the usual sizes (3..15) and a run-time loop
-// otherwise.
+// arithmetic in the same order (FMA contraction aside). The filter passes keep the window taps
+// in registers and their accumulators in registers (a load per tap, a store per output vector),
+// fold mirrored taps of symmetric windows, and produce two output rows per vertical pass; the
+// window length is a template argument for the usual sizes (3..15), other lengths and
+// asymmetric windows take run-time loops. Ring buffers of rows are laid out so that the rows
+// read together do not share L1 sets (ring_stride).
 
 enum Pad : int { kValid = 0, kZeros = 1, kReflect = 2, kReplicate = 3, kCircular = 4 };
 
@@ -260,8 +262,6 @@ Filters<A> filters_for(const A* w, int64_t K) {
 
 // ---- rows in and out ----------------------------------------------------------------------
 
-// One padded row of a plane into contiguous scratch: dst[0..Wp) (dst[pc] = src(colmap[pc])).
-// base: the plane's first element; sh, sw: element strides of rows and columns.
 // Row `row` of a strided plane (base, element strides sh, sw) into dst[0..W), converted to A.
 template <typename T, typename A>
 inline void load_src_row(const T* base, int64_t sh, int64_t sw, int64_t row, int64_t W, A* dst) {
@@ -273,6 +273,8 @@ inline void load_src_row(const T* base, int64_t sh, int64_t sw, int64_t row, int
   }
 }
 
+// One padded row of a plane into contiguous scratch: dst[0..Wp) (dst[pc] = src(colmap[pc])).
+// base: the plane's first element; sh, sw: element strides of rows and columns.
 template <typename T, typename A>
 inline void load_row(const T* base, int64_t sh, int64_t sw, int64_t row, const Geom& g, const int64_t* colmap,
                      A* dst) {

@@ -130,25 +130,20 @@ struct KeyLanes {
     if constexpr (Bits == 32) return _mm256_set1_epi32(static_cast<int32_t>(v));
     else return _mm256_set1_epi16(static_cast<int16_t>(static_cast<uint16_t>(v)));
   }
-  PYAEPLUS_AVX2_FN __m256i eq(__m256i a, __m256i b) {
-    if constexpr (Bits == 32) return _mm256_cmpeq_epi32(a, b);
-    else return _mm256_cmpeq_epi16(a, b);
+// A two-operand lane operation: the 32-bit intrinsic or the 16-bit one.
+#define PYAEPLUS_LANE_OP2(V, name, op32, op16) \
+  PYAEPLUS_AVX2_FN V name(V a, V b) {             \
+    if constexpr (Bits == 32) return op32(a, b);  \
+    else return op16(a, b);                       \
   }
-  PYAEPLUS_AVX2_FN __m256i gt(__m256i a, __m256i b) {
-    if constexpr (Bits == 32) return _mm256_cmpgt_epi32(a, b);
-    else return _mm256_cmpgt_epi16(a, b);
-  }
+  PYAEPLUS_LANE_OP2(__m256i, eq, _mm256_cmpeq_epi32, _mm256_cmpeq_epi16)
+  PYAEPLUS_LANE_OP2(__m256i, gt, _mm256_cmpgt_epi32, _mm256_cmpgt_epi16)
+  PYAEPLUS_LANE_OP2(__m256i, max, _mm256_max_epi32, _mm256_max_epi16)
+  PYAEPLUS_LANE_OP2(__m128i, max128, _mm_max_epi32, _mm_max_epi16)
+#undef PYAEPLUS_LANE_OP2
   PYAEPLUS_AVX2_FN __m256i sign_mask(__m256i v) {
     if constexpr (Bits == 32) return _mm256_srai_epi32(v, 31);
     else return _mm256_srai_epi16(v, 15);
-  }
-  PYAEPLUS_AVX2_FN __m256i max(__m256i a, __m256i b) {
-    if constexpr (Bits == 32) return _mm256_max_epi32(a, b);
-    else return _mm256_max_epi16(a, b);
-  }
-  PYAEPLUS_AVX2_FN __m128i max128(__m128i a, __m128i b) {
-    if constexpr (Bits == 32) return _mm_max_epi32(a, b);
-    else return _mm_max_epi16(a, b);
   }
   PYAEPLUS_AVX2_FN int32_t hmax(__m256i m) {
     __m128i h = max128(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
