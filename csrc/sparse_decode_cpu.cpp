@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu_dispatch.h"
 #include "parallel.h"
 #include "registry.h"
 
@@ -24,234 +25,27 @@ namespace py = pybind11;
 namespace pyaeplus {
 namespace {
 
-// acc[n] += v * w[n] for one weight row (vectorizable for float/double storage).
-template <typename T, typename A>
-inline void axpy_row(A* __restrict acc, A v, const T* __restrict w, int64_t N) {
-#pragma omp simd
-  for (int64_t n = 0; n < N; ++n) acc[n] += v * load_as<A>(w, n);
-}
+// The kernels, compiled for the baseline ISA and, on x86-64 with GCC/Clang, for AVX2+FMA.
+namespace sd_generic {
+#include "sparse_decode_cpu_kernels.h"
+}  // namespace sd_generic
 
-// Four rows at once: a quarter of the loads/stores of acc.
-template <typename T, typename A>
-inline void axpy_row4(A* __restrict acc, A v0, const T* __restrict w0, A v1, const T* __restrict w1,
-                      A v2, const T* __restrict w2, A v3, const T* __restrict w3, int64_t N) {
-#pragma omp simd
-  for (int64_t n = 0; n < N; ++n)
-    acc[n] += v0 * load_as<A>(w0, n) + v1 * load_as<A>(w1, n) + v2 * load_as<A>(w2, n) +
-              v3 * load_as<A>(w3, n);
-}
+#ifdef PYAEPLUS_X86_DISPATCH
+#define PYAEPLUS_SPARSE_DECODE_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace sd_avx2 {
+#include "sparse_decode_cpu_kernels.h"
+}  // namespace sd_avx2
+#pragma GCC pop_options
+#endif
 
-template <typename A, typename T>
-inline A dot_row(const A* __restrict x, const T* __restrict w, int64_t N) {
-  A s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t n = 0; n < N; ++n) s += x[n] * load_as<A>(w, n);
-  return s;
-}
-
-// Touch the weight rows that batch row `idx` (K indices) will gather, so that they stream in
-// while the current row is computed (the gathers are random, the hardware prefetcher only
-// follows each row after its first lines).
-template <typename T, typename I>
-inline void prefetch_rows(const T* weight, const I* idx, int64_t K, int64_t D, int64_t N) {
-  constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
-  for (int64_t j = 0; j < K; ++j) {
-    const int64_t i = idx[j];
-    if (i < 0 || i >= D) continue;
-    const T* row = weight + i * N;
-    for (int64_t n = 0; n < N; n += kLine) __builtin_prefetch(row + n, 0, 1);
-  }
-}
-
-// values, indices: [B, K]; weight: [D, N]; bias: [N] or null; out: [B, N]. All contiguous.
-template <typename T, typename I>
-void forward_impl(const T* values, const I* indices, const T* weight, const T* bias, T* out, int64_t B,
-                  int64_t K, int64_t D, int64_t N) {
-  using A = acc_t<T>;
-  std::atomic<bool> bad{false};
-  // ~K*N multiply-adds per row: a few rows are enough to be worth a thread.
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, K * N));
-  parallel_for(B, grain, [&](int64_t b0, int64_t b1) {
-    std::vector<A> acc(N);
-    for (int64_t b = b0; b < b1; ++b) {
-      if (bias) {
-        for (int64_t n = 0; n < N; ++n) acc[n] = load_as<A>(bias, n);
-      } else {
-        std::fill(acc.begin(), acc.end(), A(0));
-      }
-      const I* idx = indices + b * K;
-      const T* val = values + b * K;
-      if (b + 1 < b1) prefetch_rows(weight, idx + K, K, D, N);
-      int64_t j = 0;
-      bool row_bad = false;
-      for (; j + 4 <= K; j += 4) {
-        const int64_t i0 = idx[j], i1 = idx[j + 1], i2 = idx[j + 2], i3 = idx[j + 3];
-        if ((i0 | i1 | i2 | i3) < 0 || i0 >= D || i1 >= D || i2 >= D || i3 >= D) {
-          row_bad = true;
-          break;
-        }
-        axpy_row4<T, A>(acc.data(), load_as<A>(val, j), weight + i0 * N, load_as<A>(val, j + 1), weight + i1 * N,
-                        load_as<A>(val, j + 2), weight + i2 * N, load_as<A>(val, j + 3), weight + i3 * N, N);
-      }
-      for (; !row_bad && j < K; ++j) {
-        const int64_t i = idx[j];
-        if (i < 0 || i >= D) {
-          row_bad = true;
-          break;
-        }
-        axpy_row<T, A>(acc.data(), load_as<A>(val, j), weight + i * N, N);
-      }
-      if (row_bad) bad.store(true, std::memory_order_relaxed);
-      T* o = out + b * N;
-      for (int64_t n = 0; n < N; ++n) store_from<T, A>(o, n, acc[n]);
-    }
-  });
-  PYAEPLUS_CHECK(!bad.load(), "sparse_decode: an index is out of range [0, D)");
-}
-
-// grad_out: [B, N]; indices: [B, K]; weight: [D, N]; grad_values: [B, K]. All contiguous.
-template <typename T, typename I>
-void grad_values_impl(const T* grad_out, const I* indices, const T* weight, T* grad_values, int64_t B,
-                      int64_t K, int64_t D, int64_t N) {
-  using A = acc_t<T>;
-  std::atomic<bool> bad{false};
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, K * N));
-  parallel_for(B, grain, [&](int64_t b0, int64_t b1) {
-    std::vector<A> g(N);  // grad_out row in the accumulation type, converted once per row
-    for (int64_t b = b0; b < b1; ++b) {
-      for (int64_t n = 0; n < N; ++n) g[n] = load_as<A>(grad_out + b * N, n);
-      const I* idx = indices + b * K;
-      if (b + 1 < b1) prefetch_rows(weight, idx + K, K, D, N);
-      for (int64_t j = 0; j < K; ++j) {
-        const int64_t i = idx[j];
-        A s = 0;
-        if (i < 0 || i >= D) {
-          bad.store(true, std::memory_order_relaxed);
-        } else {
-          s = dot_row<A, T>(g.data(), weight + i * N, N);
-        }
-        store_from<T, A>(grad_values + b * K, j, s);
-      }
-    }
-  });
-  PYAEPLUS_CHECK(!bad.load(), "sparse_decode: an index is out of range [0, D)");
-}
-
-// acc[n] += v * g[n] and returns <g, w> in one sweep (the fused backward: g = grad_out[b] is
-// loaded once for both gradients, w = weight[i] stays in L1 for all of row i's entries).
-template <typename T, typename A>
-inline A axpy_dot_row(A* __restrict acc, A v, const T* __restrict g, const T* __restrict w, int64_t N) {
-  A s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t n = 0; n < N; ++n) {
-    const A gn = load_as<A>(g, n);
-    acc[n] += v * gn;
-    s += gn * load_as<A>(w, n);
-  }
-  return s;
-}
-
-template <typename T, typename A>
-inline void axpy_dot_row4(A* __restrict acc, const A* v, const T* const* g, const T* __restrict w, A* s_out,
-                          int64_t N) {
-  A s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  const T* __restrict g0 = g[0];
-  const T* __restrict g1 = g[1];
-  const T* __restrict g2 = g[2];
-  const T* __restrict g3 = g[3];
-  const A v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-  for (int64_t n = 0; n < N; ++n) {
-    const A a0 = load_as<A>(g0, n), a1 = load_as<A>(g1, n), a2 = load_as<A>(g2, n), a3 = load_as<A>(g3, n);
-    const A wn = load_as<A>(w, n);
-    acc[n] += v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3;
-    s0 += a0 * wn;
-    s1 += a1 * wn;
-    s2 += a2 * wn;
-    s3 += a3 * wn;
-  }
-  s_out[0] = s0;
-  s_out[1] = s1;
-  s_out[2] = s2;
-  s_out[3] = s3;
-}
-
-// grad_out: [B, N]; values, indices: [B, K]; weight: [D, N]; grad_weight: [D, N] (every row
-// written); grad_values: [B, K] or null. With grad_values, each entry's <grad_out[b], weight[i]>
-// is taken in the same sweep over grad_out[b] that accumulates grad_weight[i]. Contiguous.
-template <typename T, typename I>
-void grad_weight_impl(const T* grad_out, const T* values, const I* indices, const T* weight, T* grad_weight,
-                      T* grad_values, int64_t B, int64_t K, int64_t D, int64_t N) {
-  using A = acc_t<T>;
-  const int64_t E = B * K;
-  // Reverse index by a counting sort (stable: entries of a row stay in increasing b*K+j order).
-  std::vector<int64_t> indptr(D + 1, 0);
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t i = indices[e];
-    PYAEPLUS_CHECK(i >= 0 && i < D, "sparse_decode: an index is out of range [0, D)");
-    ++indptr[i + 1];
-  }
-  for (int64_t i = 0; i < D; ++i) indptr[i + 1] += indptr[i];
-  std::vector<int64_t> order(E);
-  {
-    std::vector<int64_t> pos(indptr.begin(), indptr.end() - 1);
-    for (int64_t e = 0; e < E; ++e) order[pos[indices[e]]++] = e;
-  }
-  // Split the weight rows so that each thread gets about the same cost: every row is written
-  // (N stores) and each of its entries is N multiply-adds. cost(prefix of i rows) = indptr[i] + i.
-  const int nt = static_cast<int>(std::max<int64_t>(
-      1, std::min<int64_t>(max_threads(), (E + D) * N / 65536 + 1)));
-  const int64_t total = E + D;
-  auto row_at_cost = [&](int64_t c) {  // first row whose prefix cost reaches c
-    int64_t lo = 0, hi = D;
-    while (lo < hi) {
-      const int64_t mid = (lo + hi) / 2;
-      if (indptr[mid] + mid < c) lo = mid + 1; else hi = mid;
-    }
-    return lo;
-  };
-  parallel_for(nt, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<A> acc(N);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r0 = row_at_cost(total * t / nt), r1 = row_at_cost(total * (t + 1) / nt);
-      for (int64_t i = r0; i < r1; ++i) {
-        std::fill(acc.begin(), acc.end(), A(0));
-        int64_t p = indptr[i];
-        const int64_t end = indptr[i + 1];
-        if (grad_values != nullptr) {
-          const T* w = weight + i * N;
-          for (; p + 4 <= end; p += 4) {
-            const int64_t e[4] = {order[p], order[p + 1], order[p + 2], order[p + 3]};
-            const A v[4] = {load_as<A>(values, e[0]), load_as<A>(values, e[1]), load_as<A>(values, e[2]),
-                            load_as<A>(values, e[3])};
-            const T* g[4] = {grad_out + (e[0] / K) * N, grad_out + (e[1] / K) * N, grad_out + (e[2] / K) * N,
-                             grad_out + (e[3] / K) * N};
-            A s[4];
-            axpy_dot_row4<T, A>(acc.data(), v, g, w, s, N);
-            for (int q = 0; q < 4; ++q) store_from<T, A>(grad_values, e[q], s[q]);
-          }
-          for (; p < end; ++p) {
-            const int64_t e = order[p];
-            const A s = axpy_dot_row<T, A>(acc.data(), load_as<A>(values, e), grad_out + (e / K) * N, w, N);
-            store_from<T, A>(grad_values, e, s);
-          }
-        }
-        for (; p + 4 <= end; p += 4) {
-          const int64_t e0 = order[p], e1 = order[p + 1], e2 = order[p + 2], e3 = order[p + 3];
-          axpy_row4<T, A>(acc.data(), load_as<A>(values, e0), grad_out + (e0 / K) * N, load_as<A>(values, e1),
-                          grad_out + (e1 / K) * N, load_as<A>(values, e2), grad_out + (e2 / K) * N,
-                          load_as<A>(values, e3), grad_out + (e3 / K) * N, N);
-        }
-        for (; p < end; ++p) {
-          const int64_t e = order[p];
-          axpy_row<T, A>(acc.data(), load_as<A>(values, e), grad_out + (e / K) * N, N);
-        }
-        T* g = grad_weight + i * N;
-        for (int64_t n = 0; n < N; ++n) store_from<T, A>(g, n, acc[n]);
-      }
-    }
-  });
-}
+// The AVX2 build of a kernel (the macro argument, a template-id) where the CPU has it, else the baseline one.
+#ifdef PYAEPLUS_SPARSE_DECODE_AVX2
+#define PYAEPLUS_SD_PICK(...) (cpu_has_avx2_fma() ? &sd_avx2::__VA_ARGS__ : &sd_generic::__VA_ARGS__)
+#else
+#define PYAEPLUS_SD_PICK(...) (&sd_generic::__VA_ARGS__)
+#endif
 
 void check_sizes(int64_t B, int64_t K, int64_t D, int64_t N) {
   PYAEPLUS_CHECK(B >= 0 && K >= 0 && D > 0 && N >= 0, "sparse_decode: invalid sizes");
@@ -263,7 +57,7 @@ void forward(uintptr_t values, uintptr_t indices, uintptr_t weight, uintptr_t bi
   dispatch_index(index_dtype, "sparse_decode", [&](auto itag) {
     using I = decltype(itag);
     PYAEPLUS_DISPATCH_FLOATING(dtype, "sparse_decode", [&] {
-      forward_impl<scalar_t, I>(as_ptr<const scalar_t>(values), as_ptr<const I>(indices),
+      PYAEPLUS_SD_PICK(forward_impl<scalar_t, I>)(as_ptr<const scalar_t>(values), as_ptr<const I>(indices),
                                 as_ptr<const scalar_t>(weight), as_ptr<const scalar_t>(bias),
                                 as_ptr<scalar_t>(out), B, K, D, N);
     });
@@ -276,7 +70,7 @@ void grad_values(uintptr_t grad_out, uintptr_t indices, uintptr_t weight, uintpt
   dispatch_index(index_dtype, "sparse_decode_grad_values", [&](auto itag) {
     using I = decltype(itag);
     PYAEPLUS_DISPATCH_FLOATING(dtype, "sparse_decode_grad_values", [&] {
-      grad_values_impl<scalar_t, I>(as_ptr<const scalar_t>(grad_out), as_ptr<const I>(indices),
+      PYAEPLUS_SD_PICK(grad_values_impl<scalar_t, I>)(as_ptr<const scalar_t>(grad_out), as_ptr<const I>(indices),
                                     as_ptr<const scalar_t>(weight), as_ptr<scalar_t>(grad_vals), B, K, D, N);
     });
   });
@@ -289,7 +83,7 @@ void grad_weight(uintptr_t grad_out, uintptr_t values, uintptr_t indices, uintpt
   dispatch_index(index_dtype, "sparse_decode_grad_weight", [&](auto itag) {
     using I = decltype(itag);
     PYAEPLUS_DISPATCH_FLOATING(dtype, "sparse_decode_grad_weight", [&] {
-      grad_weight_impl<scalar_t, I>(as_ptr<const scalar_t>(grad_out), as_ptr<const scalar_t>(values),
+      PYAEPLUS_SD_PICK(grad_weight_impl<scalar_t, I>)(as_ptr<const scalar_t>(grad_out), as_ptr<const scalar_t>(values),
                                     as_ptr<const I>(indices), as_ptr<const scalar_t>(weight), as_ptr<scalar_t>(grad_w),
                                     as_ptr<scalar_t>(grad_vals), B, K, D, N);
     });

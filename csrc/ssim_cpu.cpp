@@ -1,17 +1,21 @@
 // SSIM statistics (pyaeplus::ssim_stats) and their gradient on the CPU.
 //
-// Every (n, c) plane is filtered separably with a rolling buffer: each padded input row is
-// read once, its five products (x, y, x*x, y*y, x*y) are filtered horizontally into a ring of
-// K rows, and every output row is the vertical combination of the K ring rows. Nothing of
-// image size is allocated; scratch is O(K * W) per thread. Inner loops run over contiguous
-// scratch rows so that they vectorize. Arithmetic in float32 (float64 for float64 inputs).
+// Every (n, c) plane, or row band of a plane when there are few planes, is filtered separably
+// with a rolling buffer: each padded input row is read once, its four statistics (x, y,
+// x*x + y*y, x*y: exx and eyy only enter SSIM as their sum) are filtered horizontally into a
+// ring of K + 1 rows, and output rows are vertical combinations of the ring, two rows per pass.
+// Nothing of image size is allocated; scratch is O(K * W) per thread. The filter passes keep
+// the taps in registers (symmetric windows of length 3..15; other windows take run-time loops)
+// and run on 32-byte vectors; ssim_cpu_kernels.h says how. Arithmetic in float32 (float64 for
+// float64 inputs).
 //
-// Backward by recomputation: the same forward stream yields, per output row, the loss
-// gradient w.r.t. the five filtered statistics (four distinct maps), which is pushed back
-// through the transposed separable window into a ring of K padded rows; each padded row,
-// once complete, is folded onto the source pixel it copies (padding modes) and turned into
-// dx, dy. Rows that receive several padded rows (the first and last r rows) are held in a
-// small pending buffer until the end of the plane.
+// Backward by recomputation, in row bands too: the same forward stream yields, per output row,
+// the loss gradient w.r.t. the four filtered statistics; its transposed horizontal filter goes
+// into a second ring of K + 1 rows, whose vertical combination (two rows per pass) is the
+// gradient of each padded input row. That row is folded onto the source pixels it copies
+// (padding modes) and turned into dx, dy. Source rows that several padded rows copy (the first
+// and last r rows) are summed per band in a pending buffer and finished after all bands, in a
+// fixed order (deterministic).
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -20,6 +24,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu_dispatch.h"
 #include "parallel.h"
 #include "registry.h"
 
@@ -28,11 +33,14 @@ namespace py = pybind11;
 namespace pyaeplus {
 
 // The kernels, compiled for the baseline ISA and, on x86-64 with GCC/Clang, for AVX2+FMA.
+// Their 32-byte vector helpers take and return vectors: in the baseline build GCC notes that
+// such an ABI differs from the AVX one (-Wpsabi); they are inline and never cross a build.
+#pragma GCC diagnostic ignored "-Wpsabi"
 namespace ssim_generic {
 #include "ssim_cpu_kernels.h"
 }  // namespace ssim_generic
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef PYAEPLUS_X86_DISPATCH
 #define PYAEPLUS_SSIM_AVX2 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -43,15 +51,6 @@ namespace ssim_avx2 {
 #endif
 
 namespace {
-
-bool use_avx2() {
-#ifdef PYAEPLUS_SSIM_AVX2
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
 
 void check_common(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t padding) {
   PYAEPLUS_CHECK(N >= 0 && C >= 0, "ssim: N and C must be >= 0");
@@ -71,7 +70,7 @@ void ssim_forward(uintptr_t x, int64_t sxn, int64_t sxc, int64_t sxh, int64_t sx
     using A = acc_t<T>;
     auto f = &ssim_generic::forward_impl<T>;
 #ifdef PYAEPLUS_SSIM_AVX2
-    if (use_avx2()) f = &ssim_avx2::forward_impl<T>;
+    if (cpu_has_avx2_fma()) f = &ssim_avx2::forward_impl<T>;
 #endif
     f(as_ptr<const T>(x), sxn, sxc, sxh, sxw, as_ptr<const T>(y), syn, syc, syh, syw, N, C, H, W, K, mode,
                     as_ptr<const A>(win), c1, c2, smap ? as_ptr<A>(smap) : nullptr, as_ptr<A>(ssim_sum),
@@ -91,7 +90,7 @@ void ssim_backward(uintptr_t gss, uintptr_t gcs, uintptr_t gl1, uintptr_t gmap, 
     using A = acc_t<T>;
     auto f = &ssim_generic::backward_impl<T>;
 #ifdef PYAEPLUS_SSIM_AVX2
-    if (use_avx2()) f = &ssim_avx2::backward_impl<T>;
+    if (cpu_has_avx2_fma()) f = &ssim_avx2::backward_impl<T>;
 #endif
     f(as_ptr<const A>(gss), as_ptr<const A>(gcs), as_ptr<const A>(gl1),
                      gmap ? as_ptr<const A>(gmap) : nullptr, as_ptr<const T>(x), sxn, sxc, sxh, sxw,

@@ -26,6 +26,7 @@
 #endif
 
 #include "common.h"
+#include "cpu_dispatch.h"
 #include "parallel.h"
 #include "registry.h"
 
@@ -99,38 +100,81 @@ inline void zero_fill(void* p, size_t bytes, bool stream) {
 constexpr int64_t kStreamBytes = 16 << 20;
 
 constexpr int kBlockAvx = 32;  // == kBlock below
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef PYAEPLUS_X86_DISPATCH
 #define PYAEPLUS_TOPK_AVX2 1
 // The block-maximum pass is the whole cost of a small-k selection (every element is read
 // once, ~7 integer ops each). Written with AVX2 intrinsics in a function compiled for AVX2 and
-// picked at run time, so the wheel stays portable: 8 keys per instruction instead of 1.
-// Produces exactly key_bits32 of every element (-0 -> +0's key, NaN -> INT32_MAX).
-__attribute__((target("avx2"))) void block_max_keys_f32_avx2(const float* x, int64_t nb, int32_t* out) {
-  const __m256i sign = _mm256_set1_epi32(static_cast<int32_t>(0x80000000u));
-  const __m256i mag = _mm256_set1_epi32(0x7FFFFFFF);
-  const __m256i inf = _mm256_set1_epi32(0x7F800000);
-  const __m256i imax = _mm256_set1_epi32(INT32_MAX);
+// picked at run time, so the wheel stays portable: 8 float keys (16 bf16 keys) per instruction
+// instead of 1. Produces exactly the maximum of key_of over each block (-0 -> +0's key, NaN ->
+// INT32_MAX).
+//
+// bf16 keys are the same map on the 16 stored bits (the float's low half is zero);
+// widen_key16 turns a block's maximum 16-bit key into the int32 key of that element: a
+// positive element's key is its bits << 16, a negative one's has 0xFFFF in the low half (the
+// magnitude bits are flipped), NaN is INT32_MAX. The widening is increasing, so it commutes
+// with the maximum.
+inline int32_t widen_key16(int16_t k) {
+  if (k == INT16_MAX) return INT32_MAX;
+  const uint32_t hi = static_cast<uint32_t>(static_cast<uint16_t>(k)) << 16;
+  return static_cast<int32_t>(k >= 0 ? hi : hi | 0xFFFFu);
+}
+
+// The lane operations on 32-bit (float) or 16-bit (bf16) keys.
+#define PYAEPLUS_AVX2_FN __attribute__((target("avx2"))) static
+template <int Bits>
+struct KeyLanes {
+  using elem = std::conditional_t<Bits == 32, float, bf16>;
+  static constexpr int kStep = 256 / Bits;  // elements per vector
+  static constexpr uint32_t kSign = 1u << (Bits - 1), kMag = kSign - 1, kInf = Bits == 32 ? 0x7F800000u : 0x7F80u;
+  PYAEPLUS_AVX2_FN __m256i set(uint32_t v) {
+    if constexpr (Bits == 32) return _mm256_set1_epi32(static_cast<int32_t>(v));
+    else return _mm256_set1_epi16(static_cast<int16_t>(static_cast<uint16_t>(v)));
+  }
+// A two-operand lane operation: the 32-bit intrinsic or the 16-bit one.
+#define PYAEPLUS_LANE_OP2(V, name, op32, op16) \
+  PYAEPLUS_AVX2_FN V name(V a, V b) {             \
+    if constexpr (Bits == 32) return op32(a, b);  \
+    else return op16(a, b);                       \
+  }
+  PYAEPLUS_LANE_OP2(__m256i, eq, _mm256_cmpeq_epi32, _mm256_cmpeq_epi16)
+  PYAEPLUS_LANE_OP2(__m256i, gt, _mm256_cmpgt_epi32, _mm256_cmpgt_epi16)
+  PYAEPLUS_LANE_OP2(__m256i, max, _mm256_max_epi32, _mm256_max_epi16)
+  PYAEPLUS_LANE_OP2(__m128i, max128, _mm_max_epi32, _mm_max_epi16)
+#undef PYAEPLUS_LANE_OP2
+  PYAEPLUS_AVX2_FN __m256i sign_mask(__m256i v) {
+    if constexpr (Bits == 32) return _mm256_srai_epi32(v, 31);
+    else return _mm256_srai_epi16(v, 15);
+  }
+  PYAEPLUS_AVX2_FN int32_t hmax(__m256i m) {
+    __m128i h = max128(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+    h = max128(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+    h = max128(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+    if constexpr (Bits == 32) return _mm_cvtsi128_si32(h);
+    h = max128(h, _mm_srli_epi32(h, 16));
+    return widen_key16(static_cast<int16_t>(_mm_extract_epi16(h, 0)));
+  }
+};
+#undef PYAEPLUS_AVX2_FN
+
+// x: [nb * 32], one block of 32 per output key.
+template <typename Ln>
+__attribute__((target("avx2"))) void block_max_keys_avx2(const typename Ln::elem* x, int64_t nb, int32_t* out) {
+  const __m256i sign = Ln::set(Ln::kSign), mag = Ln::set(Ln::kMag), inf = Ln::set(Ln::kInf);
   for (int64_t b = 0; b < nb; ++b) {
-    const float* xb = x + b * kBlockAvx;  // x: [nb * 32], one block of 32 per output
-    __m256i m = _mm256_set1_epi32(INT32_MIN);
-    for (int j = 0; j < kBlockAvx; j += 8) {
+    const typename Ln::elem* xb = x + b * kBlockAvx;
+    __m256i m = Ln::set(Ln::kSign);  // the smallest key
+    for (int j = 0; j < kBlockAvx; j += Ln::kStep) {
       __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + j));
-      v = _mm256_andnot_si256(_mm256_cmpeq_epi32(v, sign), v);               // -0.0 -> +0.0
+      v = _mm256_andnot_si256(Ln::eq(v, sign), v);  // -0.0 -> +0.0
       const __m256i a = _mm256_and_si256(v, mag);
-      __m256i k = _mm256_xor_si256(v, _mm256_and_si256(_mm256_srai_epi32(v, 31), mag));
-      k = _mm256_blendv_epi8(k, imax, _mm256_cmpgt_epi32(a, inf));             // NaN -> max
-      m = _mm256_max_epi32(m, k);
+      __m256i k = _mm256_xor_si256(v, _mm256_and_si256(Ln::sign_mask(v), mag));
+      k = _mm256_blendv_epi8(k, mag, Ln::gt(a, inf));  // NaN -> the largest key
+      m = Ln::max(m, k);
     }
-    __m128i h = _mm_max_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
-    h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
-    h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
-    out[b] = _mm_cvtsi128_si32(h);
+    out[b] = Ln::hmax(m);
   }
 }
-inline bool cpu_has_avx2() {
-  static const bool v = __builtin_cpu_supports("avx2");
-  return v;
-}
+
 #endif
 
 template <typename K>
@@ -160,7 +204,12 @@ void select_row_blockmax(const T* x, int64_t D, int64_t k, std::vector<Cand<K>>&
 #ifdef PYAEPLUS_TOPK_AVX2
   if constexpr (std::is_same_v<T, float>) {
     if (cpu_has_avx2()) {
-      block_max_keys_f32_avx2(x, nb, bmax.data());
+      block_max_keys_avx2<KeyLanes<32>>(x, nb, bmax.data());
+      done = true;
+    }
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    if (cpu_has_avx2()) {
+      block_max_keys_avx2<KeyLanes<16>>(x, nb, bmax.data());
       done = true;
     }
   }

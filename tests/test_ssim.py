@@ -94,6 +94,59 @@ def test_cpu_forward_backward_vs_reference(dtype, pad, case):
     torch.testing.assert_close(dy.to(acc), gy, atol=gtol * scale, rtol=rt)
 
 
+# The CPU kernels' own code paths: rows shorter than a vector (scalar), an overlapping last
+# vector, planes split in row bands (one plane, 2+ threads; cross-band folds of circular pads),
+# many planes, window lengths with register-resident taps (3..15, symmetric) and the run-time
+# loops (K = 17; an asymmetric window, whose backward needs the flipped taps), float64 vectors
+# of 4, 16-bit storage, and a gradient map.
+PATH_CASES = [  # (N, C, H, W, K, window, dtype)
+    (1, 1, 13, 14, 11, "gaussian", torch.float32),     # Wo = 4 (valid): scalar rows
+    (1, 1, 301, 19, 11, "gaussian", torch.float32),    # Wo = 9: overlap tail; one plane in bands
+    (2, 7, 40, 33, 13, "gaussian", torch.float32),     # many planes
+    (1, 2, 160, 45, 17, "gaussian", torch.float32),    # K = 17: run-time loops
+    (3, 1, 150, 70, 7, "asymmetric", torch.float32),   # asymmetric taps: run-time loops, flipped
+    (1, 1, 140, 37, 15, "gaussian", torch.float64),    # 4 doubles per vector
+    (1, 3, 133, 41, 3, "uniform", torch.bfloat16),     # 16-bit storage, K = 3
+]
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("case", PATH_CASES, ids=lambda c: "x".join(map(str, c[:5])) + c[5][0] + str(c[6])[-4:])
+@pytest.mark.parametrize("pad", list(PADS))
+def test_cpu_kernel_paths_vs_reference(case, pad):
+    N, C, H, W, K, kind, dtype = case
+    x, y = _pair((N, C, H, W), dtype)
+    if kind == "asymmetric":
+        w = torch.linspace(0.5, 1.5, K) ** 2
+        w = (w / w.sum()).to(torch.float32)
+    else:
+        w = _window(K, dtype, kind)
+    w = w.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    p = PADS[pad]
+    Ho, Wo = ops._out_hw(H, W, K, p)
+    acc = w.dtype
+    with backends.use("cpu"):
+        s, cs, l1, m = ops.ssim_stats(x, y, w, 1e-4, 9e-4, p, True)
+    rs, rcs, rl1, rm = ref.ssim_stats(x, y, w, 1e-4, 9e-4, p, True)
+    tol = TOL[dtype]
+    torch.testing.assert_close(s / (Ho * Wo), rs / (Ho * Wo), atol=tol, rtol=0)
+    torch.testing.assert_close(cs / (Ho * Wo), rcs / (Ho * Wo), atol=tol, rtol=0)
+    torch.testing.assert_close(l1 / (H * W), rl1 / (H * W), atol=tol, rtol=0)
+    torch.testing.assert_close(m, rm, atol=10 * tol, rtol=0)
+    gs, gc, gl = (torch.randn(N, C, dtype=acc) for _ in range(3))
+    gm = torch.randn(N, C, Ho, Wo, dtype=acc) if N * C > 2 else None
+    with backends.use("cpu"):
+        dx, dy = ops.ssim_stats_backward(gs, gc, gl, gm, x, y, w, 1e-4, 9e-4, p)
+        dx2, dy2 = ops.ssim_stats_backward(gs, gc, gl, gm, x, y, w, 1e-4, 9e-4, p)
+    assert torch.equal(dx, dx2) and torch.equal(dy, dy2)  # deterministic (bands, pending rows)
+    gx, gy = _autograd_grads(x, y, w, 1e-4, 9e-4, p, gs, gc, gl, gm)
+    gtol = {torch.float64: 1e-9, torch.float32: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    scale = max(gx.abs().max().item(), gy.abs().max().item(), 1.0)
+    rt = 1.6e-2 if dtype == torch.bfloat16 else 0
+    torch.testing.assert_close(dx.to(acc), gx, atol=gtol * scale, rtol=rt)
+    torch.testing.assert_close(dy.to(acc), gy, atol=gtol * scale, rtol=rt)
+
+
 @pytest.mark.parametrize("pad", list(PADS))
 def test_reference_backward_matches_autograd(pad):
     x, y = _pair((2, 2, 13, 16), torch.float64)

@@ -93,6 +93,25 @@ def test_nan_policy():
         assert torch.isnan(y[0, 1]) and torch.isnan(y[0, 3]) and (y[0, [0, 2, 4, 5, 6]] == 0).all()
 
 
+@pytest.mark.skipif(not backends.available()["cpu"], reason="pyaeplus._C is not built")
+def test_bf16_every_bit_pattern():
+    # The bf16 block-maximum pass (AVX2 on x86) takes maxima of 16-bit keys and widens them to
+    # the 32-bit keys of the candidate pass: every bf16 bit pattern (NaNs of both signs, +-inf,
+    # +-0, subnormals), shuffled, in rows long enough for that path (D / 32 >= 4 k), must give
+    # exactly the reference selection (values: NaN payloads aside); the last row holds only
+    # non-positive values and NaNs.
+    torch.manual_seed(0)
+    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    x = torch.stack([bits[torch.randperm(bits.numel())] for _ in range(3)]).view(torch.bfloat16)
+    x[2] = -x[2].abs()
+    order = ref.select(x, x.shape[1])
+    with config.checks(False), backends.use("cpu"):
+        for k in (1, 31, 254, 255, 512):
+            vals, idx = F.topk_activation(x, k, relu=False, output="sparse")
+            assert torch.equal(idx, order[:, :k]), k
+            torch.testing.assert_close(vals, x.gather(1, order[:, :k]), atol=0, rtol=0, equal_nan=True)
+
+
 def test_sort_selected_large_k_path():
     # The CUDA kernels hand large-k sparse selections back in index order; ops.topk orders
     # them on the host. Check that ordering step against the reference on ties, NaN, ReLU.
