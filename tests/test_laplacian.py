@@ -178,7 +178,7 @@ def test_opcheck(normalization, reduction):
     torch.library.opcheck(torch.ops.pyaeplus.laplacian_loss.default, (z, ip, ix, w, s, 2, 9.0, False))
     saved = torch.randn(17, 5) if red else torch.empty(0, 5)
     go = torch.randn(()) if red else torch.randn(17)
-    torch.library.opcheck(torch.ops.pyaeplus.laplacian_loss_backward.default,
+    torch.library.opcheck(torch.ops.pyaeplus._laplacian_loss_backward.default,
                           (go, z.detach(), ip, ix, w, s, saved, red, 1.0))
 
 

@@ -58,7 +58,7 @@ def _rel(a, b):
 def _run(backend, x, y, w, pad, grads):
     with backends.use(backend):
         out = torch.ops.pyaeplus.ssim_stats(x, y, w, C1, C2, pad, True)
-        dx, dy = torch.ops.pyaeplus.ssim_stats_backward(*grads, x, y, w, C1, C2, pad)
+        dx, dy = torch.ops.pyaeplus._ssim_stats_backward(*grads, x, y, w, C1, C2, pad)
     torch.cuda.synchronize()
     return out, (dx, dy)
 
@@ -146,7 +146,7 @@ def test_backends_agree_with_cpu_kernel(backend):
     out, (dx, dy) = _run(backend, x, y, w, 3, grads)
     with backends.use("cpu"):
         cout = torch.ops.pyaeplus.ssim_stats(x.cpu(), y.cpu(), w.cpu(), C1, C2, 3, True)
-        cdx, cdy = torch.ops.pyaeplus.ssim_stats_backward(*[g.cpu() for g in grads[:3]], None, x.cpu(), y.cpu(),
+        cdx, cdy = torch.ops.pyaeplus._ssim_stats_backward(*[g.cpu() for g in grads[:3]], None, x.cpu(), y.cpu(),
                                                           w.cpu(), C1, C2, 3)
     for a, b in zip(out, cout):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-3)
@@ -183,6 +183,6 @@ def test_cuda_backend_rejects_window_too_large_for_shared_memory():
     w = _window(31, torch.float64)
     grads = [torch.randn(1, 1, device="cuda", dtype=torch.float64) for _ in range(3)] + [None]
     with backends.use("cuda"), pytest.raises(ValueError, match="shared memory"):
-        torch.ops.pyaeplus.ssim_stats_backward(*grads, x, y, w, C1, C2, 1)
+        torch.ops.pyaeplus._ssim_stats_backward(*grads, x, y, w, C1, C2, 1)
     # The Triton backend has no such limit.
     _compare("triton", x, y, w, 1)

@@ -210,10 +210,10 @@ def _opcheck_samples():
         (torch.ops.pyaeplus.topk_sparse.default, (x.clone().requires_grad_(), 13, True)),
         (torch.ops.pyaeplus.topk_dense.default, (x.clone().requires_grad_(), 5, True)),
         (torch.ops.pyaeplus.topk_dense.default, (x.t().clone().t().requires_grad_(), 1, False)),
-        (torch.ops.pyaeplus.topk_sparse_backward.default, (torch.randn(4, 5, requires_grad=True), idx, vals, 13)),
-        (torch.ops.pyaeplus.topk_sparse_backward.default, (torch.randn(4, 5, requires_grad=True), idx, None, 13)),
-        (torch.ops.pyaeplus.topk_dense_backward.default, (torch.randn(4, 13, requires_grad=True), didx, y)),
-        (torch.ops.pyaeplus.topk_dense_backward.default, (torch.randn(4, 13, requires_grad=True), didx, None)),
+        (torch.ops.pyaeplus._topk_sparse_backward.default, (torch.randn(4, 5, requires_grad=True), idx, vals, 13)),
+        (torch.ops.pyaeplus._topk_sparse_backward.default, (torch.randn(4, 5, requires_grad=True), idx, None, 13)),
+        (torch.ops.pyaeplus._topk_dense_backward.default, (torch.randn(4, 13, requires_grad=True), didx, y)),
+        (torch.ops.pyaeplus._topk_dense_backward.default, (torch.randn(4, 13, requires_grad=True), didx, None)),
     ]
 
 
@@ -350,9 +350,9 @@ def test_bad_indices_backward_rejected():
     g = torch.randn(2, 3)
     bad = torch.tensor([[0, 1, 99], [0, 1, 2]])
     with pytest.raises(ValueError, match="outside"):
-        torch.ops.pyaeplus.topk_sparse_backward(g, bad, None, 5)
+        torch.ops.pyaeplus._topk_sparse_backward(g, bad, None, 5)
     with pytest.raises(ValueError, match="indices must be int64"):
-        torch.ops.pyaeplus.topk_sparse_backward(g, bad.int(), None, 5)
+        torch.ops.pyaeplus._topk_sparse_backward(g, bad.int(), None, 5)
 
 
 # ---- GPU: every backend against the reference ------------------------------------------
