@@ -56,3 +56,28 @@ def build_config() -> dict:
     cfg["backend"] = backends.get()
     cfg["python_executable"] = sys.executable
     return cfg
+
+
+def describe(cfg: dict) -> list[str]:
+    """``build_config()`` as the lines ``pyaeplus info`` prints."""
+    c, cu = cfg["cpu_extension"], cfg["cuda_extension"]
+    lines = [f"pyaeplus {cfg['pyaeplus']}  (python {cfg['python']}, torch {cfg['torch']}, "
+             f"triton {cfg['triton'] or '-'}, numpy {cfg['numpy']}, faiss {cfg['faiss'] or '-'})"]
+    if "error" in c:
+        lines.append(f"  CPU extension : NOT BUILT ({c['error']})")
+    else:
+        omp = f"on, {c['omp_max_threads']} threads" if c["openmp"] else "off"
+        lines.append(f"  CPU extension : built ({c['compiler']}, OpenMP {omp}); ops: {', '.join(c['ops']) or '-'}")
+    if "error" in cu:
+        lines.append(f"  CUDA extension: not built ({cu['error']})")
+    else:
+        dev = f"{cu.get('devices_seen', 0)} device(s) seen"
+        if cu.get("device_error"):
+            dev += f": {cu['device_error']}"
+        lines.append(f"  CUDA extension: built (CUDA {cu['cuda_version']}, sm {cu['architectures']}, {dev}); "
+                     f"ops: {', '.join(cu['ops']) or '-'}")
+    gpus = ", ".join(cfg["gpus"]) or "none"
+    lines.append(f"  GPU present   : {cfg['gpu_present']} ({gpus}; torch CUDA {cfg['torch_cuda'] or '-'})")
+    avail = ", ".join(k for k, v in cfg["backends_available"].items() if v)
+    lines.append(f"  backends      : in force '{cfg['backend']}', can run here: {avail}")
+    return lines
