@@ -156,6 +156,12 @@ def _add_demo_parser(sub) -> None:
 
 # ---- knn-graph / score / export (pyaeplus/graph, pyaeplus/scoring, pyaeplus/export.py) -----------
 
+def _data_args(s, split: str) -> None:
+    s.add_argument("--data", required=True, help="'<kind>:<path>' (mnist:ROOT, npy:FILE, images:DIR, ...) or a .npy")
+    s.add_argument("--split", default=split, help=f"split of --data (default {split})")
+    s.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="loader option (JSON value), repeatable")
+
+
 def _cmd_knn_graph(args: argparse.Namespace) -> int:
     from .data.spec import parse_options, samples_of
     from .graph import features, knn_graph
@@ -177,9 +183,7 @@ def _add_knn_graph_parser(sub) -> None:
                                    "pyaeplus.graph.knn_graph -> a KnnGraph file (indices, distances, metric): "
                                    "pyaeplus.graph.KnnGraph.load reads it, Graph.from_knn weights it for "
                                    "LaplacianAE.set_graph.")
-    s.add_argument("--data", required=True, help="'<kind>:<path>' (mnist:ROOT, npy:FILE, ...) or a .npy of (N, ...)")
-    s.add_argument("--split", default="train")
-    s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    _data_args(s, "train")
     s.add_argument("--features", default="raw", choices=["raw", "hog"], help="raw pixels (default) or HOG")
     s.add_argument("--pca", type=POSITIVE_INT, help="with --features raw: project on this many principal components")
     s.add_argument("--k", type=POSITIVE_INT, default=10, help="neighbours per sample (default 10)")
@@ -226,9 +230,7 @@ def _add_score_parser(sub) -> None:
     s = sub.add_parser("score", help="score a dataset with a trained checkpoint (resumable, chunked output), "
                                      "threshold, metrics and plots")
     s.add_argument("--checkpoint", required=True, help="checkpoint folder or a run's checkpoint_dir")
-    s.add_argument("--data", required=True, help="'<kind>:<path>' (mnist:ROOT, npy:FILE, images:DIR, ...) or a .npy")
-    s.add_argument("--split", default="test")
-    s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    _data_args(s, "test")
     s.add_argument("--out", required=True, help="scores file: .npy, .csv or .parquet (pyarrow)")
     s.add_argument("--score", default="model",
                    choices=("model", "mse", "mae", "bce", "ssim", "ms_ssim", "latent_knn", "svdd", "elbo"))
