@@ -196,27 +196,17 @@ def _add_knn_graph_parser(sub) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .data.spec import labels_of, open_spec, parse_options
-    from .scoring.report import score_report
+    from .data.spec import parse_options
+    from .scoring.report import score_inputs, score_report
 
     try:
         opts = parse_options(args.data_option)
     except ValueError as e:
         raise SystemExit(f"pyaeplus score: {e}") from None
-    if args.score == "latent_knn" and args.knn_reference is None:
-        raise ValueError("--score latent_knn needs --knn-reference (the normal training data)")
-    if args.score != "latent_knn" and args.knn_reference is not None:
-        raise ValueError("--knn-reference is only used with --score latent_knn")
-    model = load_model(args.checkpoint, device="cpu")
-    if args.model is not None and getattr(model, "model_name", None) != args.model:
-        raise ValueError(f"--checkpoint holds a {getattr(model, 'model_name', type(model).__name__)!r} model, "
-                         f"not the --model {args.model!r} asked for")
-    data = open_spec(args.data, args.split, opts)
-    labels = labels_of(args.labels, data)
-    ref = open_spec(args.knn_reference, "train", opts) if args.knn_reference else None
-    thr_data = None if args.threshold_data is None else (
-        ref if args.threshold_data == args.knn_reference else open_spec(args.threshold_data, "train", opts))
+    model, data, labels, ref, thr_data = score_inputs(args.checkpoint, args.data, args.split, opts, score=args.score,
+                                                      model=args.model, labels=args.labels,
+                                                      knn_reference=args.knn_reference,
+                                                      threshold_data=args.threshold_data)
     report = score_report(model, data, out=args.out, score=args.score, labels=labels, threshold=args.threshold,
                           threshold_data=thr_data, knn_reference=ref, k=args.k, knn_metric=args.knn_metric,
                           pos_label=args.pos_label, plots=args.plots, maps_dir=args.maps, masks=args.masks,

@@ -56,6 +56,43 @@ def check_threshold_text(text: str) -> None:
         raise type(e)(f"{text!r}: {e}") from None
 
 
+def score_inputs(checkpoint, data: str, split: str = "test", options: dict | None = None, *, score: str = "model",
+                 model: str | None = None, labels: str | None = None, knn_reference: str | None = None,
+                 threshold_data: str | None = None):
+    """What :func:`score_report` takes, from the names ``pyaeplus score`` is given (checked before anything
+    is scored).
+
+    Args:
+        checkpoint: checkpoint folder or a run's ``checkpoint_dir`` (loaded on the CPU).
+        data: ``"<kind>:<path>"`` or a ``.npy`` (:func:`pyaeplus.data.spec.open_spec`), its ``split``,
+            loader ``options`` (also used for the other data named here).
+        score: the score name; ``knn_reference`` (train split) is needed by and only by ``"latent_knn"``.
+        model: the model name the checkpoint must hold, or None.
+        labels: ``"data"`` or a ``.npy`` (:func:`pyaeplus.data.spec.labels_of`), or None.
+        threshold_data: normal data to fit the threshold on (train split), or None; naming
+            ``knn_reference`` gives that very dataset (each row's own latent is then left out).
+
+    Returns:
+        ``(model, data, labels, knn_reference, threshold_data)``, the data opened.
+    """
+    from ..checkpoint import load_model
+    from ..data.spec import labels_of, open_spec
+
+    if score == "latent_knn" and knn_reference is None:
+        raise ValueError("--score latent_knn needs --knn-reference (the normal training data)")
+    if score != "latent_knn" and knn_reference is not None:
+        raise ValueError("--knn-reference is only used with --score latent_knn")
+    net = load_model(checkpoint, device="cpu")
+    if model is not None and getattr(net, "model_name", None) != model:
+        raise ValueError(f"--checkpoint holds a {getattr(net, 'model_name', type(net).__name__)!r} model, "
+                         f"not the --model {model!r} asked for")
+    ds = open_spec(data, split, options)
+    ref = open_spec(knn_reference, "train", options) if knn_reference else None
+    thr = None if threshold_data is None else (
+        ref if threshold_data == knn_reference else open_spec(threshold_data, "train", options))
+    return net, ds, labels_of(labels, ds), ref, thr
+
+
 @dataclasses.dataclass
 class ScoreReport:
     """What :func:`score_report` made.
