@@ -50,11 +50,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = run_settings(args.config, vars(args), args.data_option)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"pyaeplus train: {e}") from None
-    try:
-        result = run(cfg)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"pyaeplus train: {e}", file=sys.stderr)
-        return 2
+    result = run(cfg)  # a bad setting: ValueError/TypeError, one line and exit status 2 (main)
     last = result.history[-1] if result.history else None
     if last is not None:
         summary = " ".join(f"{k}={v:.5g}" for k, v in last["train"].items())
@@ -62,8 +58,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             summary += " | val " + " ".join(f"{k}={v:.5g}" for k, v in last["val"].items())
         print(f"trained {len(result.history)} epoch(s): {summary}")
     if result.best_epoch is not None:
-        print(f"best validation loss {result.best_val_loss:.5g} at epoch {result.best_epoch + 1}"
-              + (" (stopped early)" if result.stopped_early else ""))
+        early = " (stopped early)" if result.stopped_early else ""
+        print(f"best validation loss {result.best_val_loss:.5g} at epoch {result.best_epoch + 1}{early}")
     print(f"checkpoint: {result.checkpoint}  (pyaeplus.checkpoint.load_model({str(result.checkpoint)!r}))")
     return 0
 
@@ -116,13 +112,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         # 28x28 batches through 8-16 channel convs: each op is too small to amortize waking a
         # thread team, and on a 2-core machine extra threads measured 3-4x slower per step.
         torch.set_num_threads(args.threads)
-    try:
-        run_demo(data=args.data, normal_class=args.normal_class, quick=args.quick, epochs=args.epochs,
-                 batch_size=args.batch_size, lr=args.lr, lam=args.lam, loss=args.loss, device=args.device,
-                 amp=args.amp, seed=args.seed, out=args.out, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"pyaeplus demo: {e}", file=sys.stderr)
-        return 2
+    run_demo(data=args.data, normal_class=args.normal_class, quick=args.quick, epochs=args.epochs,
+             batch_size=args.batch_size, lr=args.lr, lam=args.lam, loss=args.loss, device=args.device, amp=args.amp,
+             seed=args.seed, out=args.out, progress=not args.no_progress)
     return 0
 
 
@@ -145,16 +137,15 @@ def _add_demo_parser(sub) -> None:
     s.add_argument("--device", type=device_arg, default="auto")
     s.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
                    help="mixed precision for training and scoring (auto: bf16 on CUDA, off on CPU)")
-    s.add_argument("--threads", type=NONNEG_INT, default=1,
-                   help="CPU intra-op threads (default 1: the demo's ops are too small to gain from more; 0 keeps "
-                        "torch's default)")
+    s.add_argument("--threads", type=NONNEG_INT, default=1, help="CPU intra-op threads (default 1: the demo's ops "
+                                                                  "are too small to gain from more; 0: torch's)")
     s.add_argument("--seed", type=NONNEG_INT, default=0)
     s.add_argument("--out", default="pyaeplus-demo", help="output folder for plots, results and the checkpoint")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_demo)
 
 
-# ---- knn-graph / score / export (pyaeplus/graph, pyaeplus/scoring, pyaeplus/export.py) -----------
+# ---- knn-graph / score / export (pyaeplus/graph, pyaeplus/scoring, pyaeplus/export.py) ----------
 
 def _data_args(s, split: str) -> None:
     s.add_argument("--data", required=True, help="'<kind>:<path>' (mnist:ROOT, npy:FILE, images:DIR, ...) or a .npy")
@@ -179,10 +170,8 @@ def _cmd_knn_graph(args: argparse.Namespace) -> int:
 
 def _add_knn_graph_parser(sub) -> None:
     s = sub.add_parser("knn-graph", help="build the k-NN graph of a dataset's samples and write it (.npz)",
-                       description="Features of every sample (raw pixels, optionally PCA, or HOG) -> "
-                                   "pyaeplus.graph.knn_graph -> a KnnGraph file (indices, distances, metric): "
-                                   "pyaeplus.graph.KnnGraph.load reads it, Graph.from_knn weights it for "
-                                   "LaplacianAE.set_graph.")
+                       description="Features of every sample (raw pixels, PCA, HOG) -> pyaeplus.graph.knn_graph -> "
+                                   "a KnnGraph file; Graph.from_knn(KnnGraph.load(FILE)) for LaplacianAE.set_graph.")
     _data_args(s, "train")
     s.add_argument("--features", default="raw", choices=["raw", "hog"], help="raw pixels (default) or HOG")
     s.add_argument("--pca", type=POSITIVE_INT, help="with --features raw: project on this many principal components")
@@ -199,10 +188,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from .data.spec import parse_options
     from .scoring.report import score_inputs, score_report
 
-    try:
-        opts = parse_options(args.data_option)
-    except ValueError as e:
-        raise SystemExit(f"pyaeplus score: {e}") from None
+    opts = parse_options(args.data_option)
     model, data, labels, ref, thr_data = score_inputs(args.checkpoint, args.data, args.split, opts, score=args.score,
                                                       model=args.model, labels=args.labels,
                                                       knn_reference=args.knn_reference,
@@ -217,8 +203,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _add_score_parser(sub) -> None:
-    s = sub.add_parser("score", help="score a dataset with a trained checkpoint (resumable, chunked output), "
-                                     "threshold, metrics and plots")
+    s = sub.add_parser("score", help="score a dataset with a checkpoint (resumable), threshold, metrics, plots")
     s.add_argument("--checkpoint", required=True, help="checkpoint folder or a run's checkpoint_dir")
     _data_args(s, "test")
     s.add_argument("--out", required=True, help="scores file: .npy, .csv or .parquet (pyarrow)")
@@ -234,9 +219,8 @@ def _add_score_parser(sub) -> None:
                                    "mvtec:ROOT) or a .npy (N, H, W) of 0/1; maps are resized to the masks' size")
     s.add_argument("--map-sigma", type=float, help="with --masks: Gaussian sigma smoothing the maps (4 is common)")
     s.add_argument("--fpr-limit", type=float, default=0.3, help="with --masks: AUPRO integration limit (default 0.3)")
-    s.add_argument("--threshold", type=threshold_arg,
-                   help="a number, or METHOD[:K=V,...] (mean_std, percentile, fpr, contamination, pot); checked "
-                        "before scoring starts")
+    s.add_argument("--threshold", type=threshold_arg, help="a number, or METHOD[:K=V,...] (mean_std, percentile, "
+                                                            "fpr, contamination, pot); checked before scoring")
     s.add_argument("--threshold-data", help="normal data to fit the threshold on (default: the scored data)")
     s.add_argument("--labels", help="'data' (the dataset's labels) or a .npy of labels")
     s.add_argument("--pos-label", type=int, default=1, help="label value of anomalies (default 1)")
@@ -244,9 +228,8 @@ def _add_score_parser(sub) -> None:
     s.add_argument("--batch-size", type=POSITIVE_INT, default=512)
     s.add_argument("--num-workers", type=NONNEG_INT, default=0)
     s.add_argument("--device", type=device_arg, default="auto")
-    s.add_argument("--no-resume", action="store_true",
-                   help="discard what an interrupted run on --out left and start over (without it, a run with "
-                        "other data, model or settings is refused)")
+    s.add_argument("--no-resume", action="store_true", help="discard what an interrupted run on --out left (without "
+                                                             "it, one with other data, model or settings is refused)")
     s.set_defaults(func=_cmd_score)
 
 
@@ -254,12 +237,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .export import export_scorer
 
-    try:
-        model = load_model(args.checkpoint, device="cpu")
-        path = export_scorer(model, args.out, score=args.score, maps=args.maps, portable=not args.keep_custom_ops)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"pyaeplus export: {e}", file=sys.stderr)
-        return 2
+    model = load_model(args.checkpoint, device="cpu")
+    path = export_scorer(model, args.out, score=args.score, maps=args.maps, portable=not args.keep_custom_ops)
     outputs = "scores (B,), maps (B, H, W)" if args.maps else "scores (B,)"
     print(f"exported {getattr(model, 'model_name', type(model).__name__)} + score {args.score!r} -> {path} "
           f"(input x float32 (B, ...), outputs {outputs}; pyaeplus.export.load_scorer({str(path)!r}) runs it)")
