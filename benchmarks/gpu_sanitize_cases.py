@@ -91,7 +91,16 @@ def case_laplacian(dev: str) -> None:
         pyaeplus.laplacian_loss(z, g)
 
 
-CASES = {"ssim": case_ssim, "topk": case_topk, "sparse_decode": case_sparse_decode, "laplacian": case_laplacian}
+def case_topk_encode(dev: str) -> None:
+    x = torch.randn(9, 23, device=dev, requires_grad=True)
+    w = torch.randn(301, 23, device=dev, requires_grad=True)
+    b = torch.randn(301, device=dev, requires_grad=True)
+    _grad(pyaeplus.topk_encode(x, w, b, 7)[0], x, w, b)
+    _grad(pyaeplus.topk_encode(x, w, None, 3, batch=True)[0], x, w)  # BatchTopK: COO (values, rows, cols)
+
+
+CASES = {"ssim": case_ssim, "topk": case_topk, "sparse_decode": case_sparse_decode, "laplacian": case_laplacian,
+         "topk_encode": case_topk_encode}
 
 
 def registered_ops() -> set[str]:
