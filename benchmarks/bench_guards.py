@@ -98,8 +98,8 @@ def op_cases(quick: bool):
         cases.append(("_sparse_decode_backward", size, cfg,
                       lambda go=go, v=v, i=i, w=w: ops._sparse_decode_backward(go, v, i, w)))
         gv = torch.randn(B, K)
-        cases.append(("topk_sparse_backward", size, {"B": B, "k": K, "D": D},
-                      lambda gv=gv, i=i, D=D, m=torch.rand(B, K): ops.topk_sparse_backward(gv, i, m, D)))
+        cases.append(("_topk_sparse_backward", size, {"B": B, "k": K, "D": D},
+                      lambda gv=gv, i=i, D=D, m=torch.rand(B, K): ops._topk_sparse_backward(gv, i, m, D)))
     for size, (n, k, d) in (("tiny", (16, 3, 4)), ("train", (512, 10, 32))):
         z, ip, ix, w = _lap_operands(n, k, d)
         cases.append(("laplacian_loss", size, {"N": n, "k": k, "d": d, "nnz": int(ix.numel())},

@@ -1,11 +1,11 @@
 """pyaeplus: fast kernels and models for autoencoder-based anomaly detection in PyTorch."""
 
-__version__ = "0.1.0"
+import importlib as _importlib
 
-import importlib as _importlib  # noqa: E402
+from ._version import __version__  # noqa: F401
 
 from . import backends, config  # noqa: E402
-from ._ext import build_config  # noqa: E402
+from ._info import build_config  # noqa: E402
 from . import functional, nn  # noqa: E402  (importing functional registers the custom ops)
 from .functional import *  # noqa: E402,F401,F403
 

@@ -9,6 +9,12 @@ import torch
 HALF = (torch.float16, torch.bfloat16)
 
 
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every kernel and reference accumulates inputs of ``dtype`` in: float64 stays
+    float64 (so that ``gradcheck`` through the kernels is meaningful), everything else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def autocast_on(device: torch.device) -> bool:
     """Whether ``torch.autocast`` is active for ``device``'s type (cpu/cuda; False elsewhere)."""
     return device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type)

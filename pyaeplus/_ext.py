@@ -2,8 +2,11 @@
 
 The extensions do not link libtorch: Python validates, allocates with ``torch.empty`` and
 passes ``data_ptr()`` values, sizes, strides (in elements), a dtype code and, for CUDA, the
-stream handle, all as Python ints. "Built with CUDA" (``build_config()``) is not "a GPU is
-present" (``pyaeplus.backends.available()``).
+stream handle, all as Python ints. Every op calls them through :func:`call` (the module of the
+tensors' device, the stream appended on CUDA). "Built with CUDA" (``pyaeplus.build_config()``)
+is not "a GPU is present" (``pyaeplus.backends.available()``).
+
+A leaf module: it imports nothing of pyaeplus but the compiled modules themselves.
 """
 
 from __future__ import annotations
@@ -11,8 +14,6 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import platform
-import sys
 from types import ModuleType
 
 import torch
@@ -68,40 +69,16 @@ def stream(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
-def _version(mod: str) -> str | None:
-    try:
-        return importlib.import_module(mod).__version__
-    except Exception:
-        return None
+def import_error(name: str) -> str:
+    """Why ``pyaeplus.<name>`` (``"_C"`` or ``"_cuda"``) does not import ("" when it does)."""
+    return _import(name)[1]
 
 
-def build_config() -> dict:
-    """What was compiled, what can run here, and the versions involved."""
-    from . import __version__, backends
+def call(fn: str, like: torch.Tensor, *args):
+    """``fn(*args)`` of the compiled module for ``like``'s device: ``_C`` for CPU tensors, ``_cuda``
+    for CUDA tensors with the current stream of ``like``'s device appended as the last argument
+    (every CUDA launcher takes it last)."""
+    if like.device.type == "cuda":
+        return getattr(cuda_ext(), fn)(*args, stream(like))
+    return getattr(cpu_ext(), fn)(*args)
 
-    c, c_err = _import("_C")
-    cu, cu_err = _import("_cuda")
-    cfg: dict = {
-        "pyaeplus": __version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "triton": _version("triton") if triton_available() else None,
-        "numpy": _version("numpy"),
-        "faiss": _version("faiss") if importlib.util.find_spec("faiss") else None,
-        "cpu_extension": c.build_config() if c is not None else {"error": c_err},
-        "cuda_extension": cu.build_config() if cu is not None else {"error": cu_err},
-    }
-    if cu is not None:
-        n, err = cu.device_count()
-        cfg["cuda_extension"]["devices_seen"] = n
-        if err:
-            cfg["cuda_extension"]["device_error"] = err
-    gpu = torch.cuda.is_available()
-    cfg["gpu_present"] = gpu
-    cfg["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if gpu else []
-    cfg["backends_available"] = backends.available()
-    cfg["backend"] = backends.get()
-    cfg["python_executable"] = sys.executable
-    return cfg

@@ -23,6 +23,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import _amp
+from ._amp import acc_dtype
 from . import _validate as _v
 from . import config as _config
 from .reference import ssim as _ref
@@ -44,10 +45,6 @@ class SSIMArgs(NamedTuple):
     c2: float
     padding: int                # 0 valid, 1 zeros, 2 reflect, 3 replicate, 4 circular
     skip: tuple                 # per spatial axis: smoothing skipped (valid padding, side < window)
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def scalar(name: str, v, *, positive: bool = False) -> float:

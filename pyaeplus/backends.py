@@ -108,6 +108,33 @@ def auto_cuda_choice(op: str | None) -> str:
     return choice
 
 
+# What each compiled backend needs: the device type it runs, whether it is present, why not
+# (looked up at call time).
+_RUNS_ON = {"triton": "cuda", "cuda": "cuda", "cpu": "cpu"}
+_PRESENT = {"triton": lambda: _ext.triton_available(), "cuda": lambda: _ext.cuda_ext() is not None,
+            "cpu": lambda: _ext.cpu_ext() is not None}
+_MISSING = {"triton": lambda: "triton is not installed",
+            "cuda": lambda: f"pyaeplus._cuda was not built ({_ext.import_error('_cuda')}); reinstall with PYAEPLUS_CUDA=ON",
+            "cpu": lambda: f"pyaeplus._C is not built ({_ext.import_error('_C')})"}
+
+
+def _resolve_auto(device_type: str, op: str | None) -> str:
+    if device_type == "cuda":
+        first = auto_cuda_choice(op)
+        for impl in (first, "cuda" if first == "triton" else "triton"):
+            if _PRESENT[impl]():  # the preferred one, else the other (lazy: no needless import)
+                return impl
+        _warn_once("cuda", "pyaeplus: neither triton nor the CUDA extension is available; "
+                   "using the pure-PyTorch reference implementation on CUDA tensors")
+        return "torch"
+    if device_type == "cpu":
+        if _PRESENT["cpu"]():
+            return "cpu"
+        _warn_once("cpu", "pyaeplus: the C++ extension pyaeplus._C is not built; "
+                   "using the pure-PyTorch reference implementation on CPU tensors")
+    return "torch"
+
+
 def resolve(device_type: str, op: str | None = None) -> str:
     """The concrete implementation ("triton", "cuda", "cpu" or "torch") for tensors on
     ``device_type`` under the backend in force; ``op`` (the op's dispatch name) picks the
@@ -116,41 +143,16 @@ def resolve(device_type: str, op: str | None = None) -> str:
     name = get()
     if name == "torch":
         return "torch"
-    if device_type == "cuda":
-        if name == "auto":
-            have = {"triton": _ext.triton_available, "cuda": lambda: _ext.cuda_ext() is not None}
-            first = auto_cuda_choice(op)
-            for impl in (first, "cuda" if first == "triton" else "triton"):
-                if have[impl]():  # the preferred one, else the other (lazy: no needless import)
-                    return impl
-            _warn_once("cuda", "pyaeplus: neither triton nor the CUDA extension is available; "
-                       "using the pure-PyTorch reference implementation on CUDA tensors")
-            return "torch"
-        if name == "triton":
-            if not _ext.triton_available():
-                raise RuntimeError("pyaeplus backend 'triton' requested but triton is not installed")
-            return "triton"
-        if name == "cuda":
-            if _ext.cuda_ext() is None:
-                raise RuntimeError("pyaeplus backend 'cuda' requested but pyaeplus._cuda was not built "
-                                   f"({_ext._import('_cuda')[1]}); reinstall with PYAEPLUS_CUDA=ON")
-            return "cuda"
-        raise RuntimeError(f"pyaeplus backend {name!r} runs CPU tensors only, but the inputs are on CUDA; "
-                           "use backends.use('auto') or move the tensors")
-    if device_type == "cpu":
-        if name == "auto":
-            if _ext.cpu_ext() is not None:
-                return "cpu"
-            _warn_once("cpu", "pyaeplus: the C++ extension pyaeplus._C is not built; "
-                       "using the pure-PyTorch reference implementation on CPU tensors")
-            return "torch"
-        if name == "cpu":
-            if _ext.cpu_ext() is None:
-                raise RuntimeError("pyaeplus backend 'cpu' requested but pyaeplus._C is not built "
-                                   f"({_ext._import('_C')[1]})")
-            return "cpu"
-        raise RuntimeError(f"pyaeplus backend {name!r} runs CUDA tensors only, but the inputs are on the CPU; "
-                           "use backends.use('auto') or move the tensors to a GPU")
     if name == "auto":
-        return "torch"
-    raise RuntimeError(f"pyaeplus backend {name!r} cannot run tensors on device type {device_type!r}")
+        return _resolve_auto(device_type, op)
+    if device_type != _RUNS_ON[name]:
+        if device_type == "cuda":
+            raise RuntimeError(f"pyaeplus backend {name!r} runs CPU tensors only, but the inputs are on CUDA; "
+                               "use backends.use('auto') or move the tensors")
+        if device_type == "cpu":
+            raise RuntimeError(f"pyaeplus backend {name!r} runs CUDA tensors only, but the inputs are on the CPU; "
+                               "use backends.use('auto') or move the tensors to a GPU")
+        raise RuntimeError(f"pyaeplus backend {name!r} cannot run tensors on device type {device_type!r}")
+    if not _PRESENT[name]():
+        raise RuntimeError(f"pyaeplus backend {name!r} requested but {_MISSING[name]()}")
+    return name

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._amp import acc_dtype
 from .reference import ssim as _ref
 
 __all__ = ["check_mask", "masked_ssim_map", "masked_ssim"]
@@ -47,7 +48,7 @@ def check_mask(mask, X: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"mask is on {m.device} but X is on {X.device}")
     if m.is_complex():
         raise TypeError(f"mask must be bool or real, got {m.dtype}")
-    acc = torch.float64 if X.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(X.dtype)
     return m.to(acc).expand(N, C, H, W)
 
 

@@ -60,6 +60,17 @@ __all__ += ["TopK"]
 # ---- sparse decoder ---------------------------------------------------------------------
 
 
+def _weight_and_bias(module: _torch.nn.Module, weight_shape: tuple[int, int], bias_size: int | None, device,
+                     dtype) -> None:
+    """``module.weight`` (weight_shape) and ``module.bias`` (bias_size,) or a registered None; uninitialized."""
+    kw = {"device": device, "dtype": dtype}
+    module.weight = _torch.nn.Parameter(_torch.empty(*weight_shape, **kw))
+    if bias_size is not None:
+        module.bias = _torch.nn.Parameter(_torch.empty(bias_size, **kw))
+    else:
+        module.register_parameter("bias", None)
+
+
 __all__ += ["SparseDecoder"]
 
 
@@ -87,12 +98,8 @@ class SparseDecoder(_torch.nn.Module):
         super().__init__()
         self.num_latents = _v.integer("num_latents", num_latents, lo=1)
         self.out_features = _v.integer("out_features", out_features, lo=1)
-        kw = {"device": device, "dtype": dtype}
-        self.weight = _torch.nn.Parameter(_torch.empty(self.num_latents, self.out_features, **kw))
-        if bias:
-            self.bias = _torch.nn.Parameter(_torch.empty(self.out_features, **kw))
-        else:
-            self.register_parameter("bias", None)
+        _weight_and_bias(self, (self.num_latents, self.out_features), self.out_features if bias else None,
+                         device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -152,12 +159,8 @@ class TopKEncoder(_torch.nn.Module):
             raise ValueError(f"in_features and num_latents must be >= 1, got {in_features}, {num_latents}")
         self.k, self.relu, self.k_eval, self.alpha = k, relu, k_eval, alpha
         self.batch, self.sparse_format = batch, sparse_format
-        kw = {"device": device, "dtype": dtype}
-        self.weight = _torch.nn.Parameter(_torch.empty(self.num_latents, self.in_features, **kw))
-        if bias:
-            self.bias = _torch.nn.Parameter(_torch.empty(self.num_latents, **kw))
-        else:
-            self.register_parameter("bias", None)
+        _weight_and_bias(self, (self.num_latents, self.in_features), self.num_latents if bias else None,
+                         device, dtype)
         self.reset_parameters()
 
     # nn.Linear's initialization, draw for draw (kaiming_uniform(a=sqrt(5)), bias U(±1/sqrt(fan_in)))

@@ -34,6 +34,26 @@ TOL = {
 }
 
 
+# GPU tests: every op's live in tests/test_<op>_gpu.py (module-level ``pytestmark = pytest.mark.gpu``),
+# parametrized over GPU_BACKENDS, each taking its backend through use_backend().
+GPU_BACKENDS = ("triton", "cuda")
+
+
+def use_backend(backend: str, device: str = "cuda"):
+    """``backends.use(backend)`` for a test on ``device``: skips when ``backend`` cannot run here, and fails
+    instead under ``PYAEPLUS_GPU_CHECK=1`` (set by benchmarks/gpu_check.sh, where the build must have made it)."""
+    from pyaeplus import backends
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if backend != "auto" and not backends.available()[backend]:
+        msg = f"backend {backend!r} not available here: {backends.available()}"
+        if os.environ.get("PYAEPLUS_GPU_CHECK") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return backends.use(backend)
+
+
 def devices() -> list[str]:
     return ["cpu", "cuda"] if HAS_CUDA else ["cpu"]
 

@@ -19,13 +19,14 @@ OPS_DIR = pathlib.Path(backends.__file__).parent / "ops"
 
 
 def _dispatched_op_names() -> set[str]:
-    """Every op name that pyaeplus/ops/*.py passes to ``run(...)`` (its first argument)."""
+    """Every op name that pyaeplus/ops/*.py passes to ``run(...)`` (its first argument: a string, or
+    an expression choosing among strings such as ``"topk_dense" if dense else "topk_sparse"``)."""
     names = set()
     for path in OPS_DIR.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "run"
-                    and node.args and isinstance(node.args[0], ast.Constant)):
-                names.add(node.args[0].value)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "run" and node.args:
+                names |= {c.value for c in ast.walk(node.args[0])
+                          if isinstance(c, ast.Constant) and isinstance(c.value, str)}
     return names
 
 

@@ -38,7 +38,7 @@ with backends.use("cpu"):
             for p in range(5):
                 s, cs, l1, m = ssim.ssim_stats(x, y, w, 1e-4, 9e-4, p, True)
                 g = torch.linspace(-1, 1, 2, dtype=acc).view(1, 2)
-                dx, dy = ssim.ssim_stats_backward(g, 0.5 * g, 0.25 * g, None, x, y, w, 1e-4, 9e-4, p)
+                dx, dy = ssim._ssim_stats_backward(g, 0.5 * g, 0.25 * g, None, x, y, w, 1e-4, 9e-4, p)
                 out[f"ssim {dtype} K{K} p{p}"] = [s, cs, l1, m, dx, dy]
     for dtype in (torch.float32, torch.bfloat16):
         for D, k in ((4099, 7), (300, 100)):  # block-maximum path, streaming path

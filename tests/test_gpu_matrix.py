@@ -10,8 +10,6 @@ the H200 through ``benchmarks/gpu_check.sh quick``). On the CPU the same checks 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -22,6 +20,7 @@ from pyaeplus.reference import laplacian as lap_ref
 from pyaeplus.reference import sparse_decode as sd_ref
 from pyaeplus.reference import ssim as ssim_ref
 from pyaeplus.reference import topk as topk_ref
+from conftest import use_backend
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # max |out - ref| / max |ref| per storage dtype: outputs and gradients are rounded to it once after
@@ -50,14 +49,7 @@ def _shape(op: str, device: str, size: str):
 
 def _use(device: str, backend: str):
     """The backend context; skip (fail under gpu_check.sh) when it cannot run here."""
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    if backend != "auto" and not backends.available()[backend]:
-        msg = f"backend {backend!r} not available here: {backends.available()}"
-        if os.environ.get("PYAEPLUS_GPU_CHECK") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return backends.use(backend)
+    return use_backend(backend, device)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -84,7 +84,7 @@ def test_cpu_forward_backward_vs_reference(dtype, pad, case):
     gs, gc, gl = (torch.randn(N, C, dtype=acc) for _ in range(3))
     gm = torch.randn(N, C, Ho, Wo, dtype=acc)
     with backends.use("cpu"):
-        dx, dy = ops.ssim_stats_backward(gs, gc, gl, gm, x, y, w, c1, c2, p)
+        dx, dy = ops._ssim_stats_backward(gs, gc, gl, gm, x, y, w, c1, c2, p)
     gx, gy = _autograd_grads(x, y, w, c1, c2, p, gs, gc, gl, gm)
     assert dx.dtype == dtype and dx.shape == x.shape
     gtol = {torch.float64: 1e-9, torch.float32: 2e-3, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
@@ -136,8 +136,8 @@ def test_cpu_kernel_paths_vs_reference(case, pad):
     gs, gc, gl = (torch.randn(N, C, dtype=acc) for _ in range(3))
     gm = torch.randn(N, C, Ho, Wo, dtype=acc) if N * C > 2 else None
     with backends.use("cpu"):
-        dx, dy = ops.ssim_stats_backward(gs, gc, gl, gm, x, y, w, 1e-4, 9e-4, p)
-        dx2, dy2 = ops.ssim_stats_backward(gs, gc, gl, gm, x, y, w, 1e-4, 9e-4, p)
+        dx, dy = ops._ssim_stats_backward(gs, gc, gl, gm, x, y, w, 1e-4, 9e-4, p)
+        dx2, dy2 = ops._ssim_stats_backward(gs, gc, gl, gm, x, y, w, 1e-4, 9e-4, p)
     assert torch.equal(dx, dx2) and torch.equal(dy, dy2)  # deterministic (bands, pending rows)
     gx, gy = _autograd_grads(x, y, w, 1e-4, 9e-4, p, gs, gc, gl, gm)
     gtol = {torch.float64: 1e-9, torch.float32: 2e-3, torch.bfloat16: 1e-2}[dtype]
@@ -180,8 +180,8 @@ def test_cpu_strided_inputs(layout):
     with backends.use("cpu"):
         a = ops.ssim_stats(xs, ys, w, 1e-4, 9e-4, 2, True)
         b = ops.ssim_stats(x, y, w, 1e-4, 9e-4, 2, True)
-        da = ops.ssim_stats_backward(g, g * 0.5, g * 0.25, None, xs, ys, w, 1e-4, 9e-4, 2)
-        db = ops.ssim_stats_backward(g, g * 0.5, g * 0.25, None, x, y, w, 1e-4, 9e-4, 2)
+        da = ops._ssim_stats_backward(g, g * 0.5, g * 0.25, None, xs, ys, w, 1e-4, 9e-4, 2)
+        db = ops._ssim_stats_backward(g, g * 0.5, g * 0.25, None, x, y, w, 1e-4, 9e-4, 2)
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-5)
     for u, v in zip(da, db):
@@ -366,9 +366,9 @@ def test_opcheck():
                                                    want_map))
         Ho, Wo = ops._out_hw(12, 15, 5, p)
         g = torch.randn(2, 3)
-        torch.library.opcheck(ops.ssim_stats_backward, (g, g, g, torch.randn(2, 3, Ho, Wo), x.detach(), y.detach(),
+        torch.library.opcheck(ops._ssim_stats_backward, (g, g, g, torch.randn(2, 3, Ho, Wo), x.detach(), y.detach(),
                                                         w, 1e-4, 9e-4, p))
-        torch.library.opcheck(ops.ssim_stats_backward, (g, g, g, None, x.detach(), y.detach(), w, 1e-4, 9e-4, p))
+        torch.library.opcheck(ops._ssim_stats_backward, (g, g, g, None, x.detach(), y.detach(), w, 1e-4, 9e-4, p))
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])

@@ -11,10 +11,11 @@ import torch
 import pyaeplus.ops.ssim  # noqa: F401  (registers pyaeplus::ssim_stats*)
 from pyaeplus import backends
 from pyaeplus.reference import ssim as ref
+from conftest import GPU_BACKENDS, use_backend
 
 pytestmark = pytest.mark.gpu
 
-BACKENDS = ["triton", "cuda"]
+BACKENDS = GPU_BACKENDS
 PADS = [0, 1, 2, 3, 4]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 C1, C2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2
@@ -56,9 +57,9 @@ def _rel(a, b):
 
 
 def _run(backend, x, y, w, pad, grads):
-    with backends.use(backend):
+    with use_backend(backend):
         out = torch.ops.pyaeplus.ssim_stats(x, y, w, C1, C2, pad, True)
-        dx, dy = torch.ops.pyaeplus.ssim_stats_backward(*grads, x, y, w, C1, C2, pad)
+        dx, dy = torch.ops.pyaeplus._ssim_stats_backward(*grads, x, y, w, C1, C2, pad)
     torch.cuda.synchronize()
     return out, (dx, dy)
 
@@ -146,7 +147,7 @@ def test_backends_agree_with_cpu_kernel(backend):
     out, (dx, dy) = _run(backend, x, y, w, 3, grads)
     with backends.use("cpu"):
         cout = torch.ops.pyaeplus.ssim_stats(x.cpu(), y.cpu(), w.cpu(), C1, C2, 3, True)
-        cdx, cdy = torch.ops.pyaeplus.ssim_stats_backward(*[g.cpu() for g in grads[:3]], None, x.cpu(), y.cpu(),
+        cdx, cdy = torch.ops.pyaeplus._ssim_stats_backward(*[g.cpu() for g in grads[:3]], None, x.cpu(), y.cpu(),
                                                           w.cpu(), C1, C2, 3)
     for a, b in zip(out, cout):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-3)
@@ -159,7 +160,7 @@ def test_autograd_loss_not_last(backend):
     x, y = _pair((2, 3, 50, 61), torch.float32, seed=2)
     w = _window(11, torch.float32)
     xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
-    with backends.use(backend):
+    with use_backend(backend):
         s, cs, l1, m = torch.ops.pyaeplus.ssim_stats(xr, yr, w, C1, C2, 1, True)
         loss = 3.5 * (1 - s.sum() / m[0, 0].numel()) + 0.25 * l1.sum() - 0.5 * (m * m).mean()
         gx, gy = torch.autograd.grad(loss, (xr, yr))
@@ -183,6 +184,6 @@ def test_cuda_backend_rejects_window_too_large_for_shared_memory():
     w = _window(31, torch.float64)
     grads = [torch.randn(1, 1, device="cuda", dtype=torch.float64) for _ in range(3)] + [None]
     with backends.use("cuda"), pytest.raises(ValueError, match="shared memory"):
-        torch.ops.pyaeplus.ssim_stats_backward(*grads, x, y, w, C1, C2, 1)
+        torch.ops.pyaeplus._ssim_stats_backward(*grads, x, y, w, C1, C2, 1)
     # The Triton backend has no such limit.
     _compare("triton", x, y, w, 1)

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._amp import acc_dtype as _acc
+
 
 @triton.jit
 def _laplacian_rows_grad_kernel(
@@ -77,10 +79,6 @@ def _laplacian_rows_grad_kernel(
             tl.store(grad_ptr + i * D + offs_d, g.to(grad_ptr.dtype.element_ty), mask=md)
     if NEED_ROWS:
         tl.store(rows_ptr + i, 0.5 * tl.sum(row_acc, axis=0))
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def laplacian_rows_grad(z: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor,

@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._amp import acc_dtype as _acc
+
 # fp32 stays fp32 in the band products. PYAEPLUS_SSIM_TRITON_PRECISION=tf32x3 moves them to
 # tensor cores (3 TF32 products, ~1e-6 relative error) for measurement; float64 always uses ieee.
 _DOT_PRECISION = os.environ.get("PYAEPLUS_SSIM_TRITON_PRECISION", "ieee")
@@ -303,10 +305,6 @@ def _ssim_bwd_kernel(
     dyo = dy_ptr + n * dyn + c * dyc + ah64[:, None] * dyh + aw64[None, :] * dyw
     tl.store(dxo, px.to(dx_ptr.dtype.element_ty), mask=vs)
     tl.store(dyo, py.to(dy_ptr.dtype.element_ty), mask=vs)
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _tile(K: int, lo: int, want: int, levels: int) -> int:

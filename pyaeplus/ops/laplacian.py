@@ -3,7 +3,7 @@
 ``pyaeplus::laplacian_loss`` computes the loss AND (when ``need_grad``) its gradient in one fused,
 row-parallel, atomics-free pass over the symmetric operand CSR S (``Graph._grad_csr``); the
 gradient is returned as a second (non-differentiable) output and saved, so that
-``pyaeplus::laplacian_loss_backward`` only scales it by ``grad_output``. With
+``pyaeplus::_laplacian_loss_backward`` only scales it by ``grad_output``. With
 ``reduction="none"`` (per-node losses, arbitrary ``grad_output``) the backward recomputes in
 one more pass with per-row weights. Per-row losses are reduced with ``torch.sum``
 (deterministic, no float atomics).
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
+from .._amp import acc_dtype as _acc
 from ..reference import laplacian as ref
 from . import _guard
 from ._dispatch import run
@@ -39,10 +40,6 @@ def _triton():
     return m
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _alloc(z: Tensor, need_rows: bool, need_grad: bool) -> tuple[Tensor, Tensor]:
     n, d = z.shape
     rows = torch.empty(n if need_rows else 0, dtype=_acc(z.dtype), device=z.device)
@@ -50,26 +47,16 @@ def _alloc(z: Tensor, need_rows: bool, need_grad: bool) -> tuple[Tensor, Tensor]
     return rows, grad
 
 
-def _cpu_impl(z, indptr, indices, weights, scale, row_weight, grad_scale, need_rows, need_grad):
+def _compiled_impl(z, indptr, indices, weights, scale, row_weight, grad_scale, need_rows, need_grad):
     z = z.contiguous()  # unit inner stride; the kernel takes the row stride
     rows, grad = _alloc(z, need_rows, need_grad)
     # z: [N, d] (row stride); indptr [N+1], indices/weights [nnz], scale/row_weight [N]: contiguous.
-    # The kernel checks indptr (0, non-decreasing, nnz) and every index (raises ValueError).
-    _ext.cpu_ext().laplacian_rows_grad(
-        _ext.ptr(z), z.shape[0], z.shape[1], z.stride(0), _ext.ptr(indptr), _ext.ptr(indices), indices.shape[0],
-        _ext.ptr(weights), _ext.ptr(scale), _ext.ptr(row_weight), float(grad_scale),
-        _ext.ptr(rows) if need_rows else 0, _ext.ptr(grad) if need_grad else 0, _ext.dtype_code(z))
-    return rows, grad
-
-
-def _cuda_impl(z, indptr, indices, weights, scale, row_weight, grad_scale, need_rows, need_grad):
-    z = z.contiguous()
-    rows, grad = _alloc(z, need_rows, need_grad)
-    # The kernel clamps each row's edge range to [0, nnz] and skips indices outside [0, N) (no sync).
-    _ext.cuda_ext().laplacian_rows_grad(
-        _ext.ptr(z), z.shape[0], z.shape[1], z.stride(0), _ext.ptr(indptr), _ext.ptr(indices), indices.shape[0],
-        _ext.ptr(weights), _ext.ptr(scale), _ext.ptr(row_weight), float(grad_scale),
-        _ext.ptr(rows) if need_rows else 0, _ext.ptr(grad) if need_grad else 0, _ext.dtype_code(z), _ext.stream(z))
+    # The CPU kernel checks indptr (0, non-decreasing, nnz) and every index (raises ValueError); the
+    # CUDA kernel clamps each row's edge range to [0, nnz] and skips indices outside [0, N) (no sync).
+    _ext.call("laplacian_rows_grad", z,
+              _ext.ptr(z), z.shape[0], z.shape[1], z.stride(0), _ext.ptr(indptr), _ext.ptr(indices), indices.shape[0],
+              _ext.ptr(weights), _ext.ptr(scale), _ext.ptr(row_weight), float(grad_scale),
+              _ext.ptr(rows) if need_rows else 0, _ext.ptr(grad) if need_grad else 0, _ext.dtype_code(z))
     return rows, grad
 
 
@@ -80,8 +67,8 @@ def _rows_grad(device, z, indptr, indices, weights, scale, row_weight, grad_scal
     args = (z, indptr, indices, weights, scale, row_weight, grad_scale, need_rows, need_grad)
     return run("laplacian_loss", device,
                triton=lambda: _triton().laplacian_rows_grad(*args),
-               cuda=lambda: _cuda_impl(*args),
-               cpu=lambda: _cpu_impl(*args),
+               cuda=lambda: _compiled_impl(*args),
+               cpu=lambda: _compiled_impl(*args),
                torch_=lambda: ref.laplacian_rows_grad(*args))
 
 
@@ -125,8 +112,8 @@ def _(z, indptr, indices, weights, scale, reduction, divisor, need_grad):
 # ---- backward -----------------------------------------------------------------------------
 
 def _backward_impl(grad_out, z, indptr, indices, weights, scale, saved_grad, reduction, divisor):
-    _guard.laplacian("laplacian_loss_backward", z, indptr, indices, weights, scale, reduction)
-    _guard.laplacian_backward("laplacian_loss_backward", grad_out, z, saved_grad, reduction)
+    _guard.laplacian("_laplacian_loss_backward", z, indptr, indices, weights, scale, reduction)
+    _guard.laplacian_backward("_laplacian_loss_backward", grad_out, z, saved_grad, reduction)
     acc = _acc(z.dtype)
     if reduction != RED_NONE and saved_grad.numel() == z.numel() and z.numel() > 0:
         # The fused forward already holds d(loss)/dz: only the scaling by grad_output is left.
@@ -142,18 +129,18 @@ def _backward_impl(grad_out, z, indptr, indices, weights, scale, saved_grad, red
     return grad
 
 
-@torch.library.custom_op("pyaeplus::laplacian_loss_backward", mutates_args=(), device_types="cuda")
-def laplacian_loss_backward(grad_out: Tensor, z: Tensor, indptr: Tensor, indices: Tensor, weights: Tensor,
+@torch.library.custom_op("pyaeplus::_laplacian_loss_backward", mutates_args=(), device_types="cuda")
+def _laplacian_loss_backward(grad_out: Tensor, z: Tensor, indptr: Tensor, indices: Tensor, weights: Tensor,
                             scale: Optional[Tensor], saved_grad: Tensor, reduction: int, divisor: float) -> Tensor:
     return _backward_impl(grad_out, z, indptr, indices, weights, scale, saved_grad, reduction, divisor)
 
 
-@laplacian_loss_backward.register_kernel("cpu")
+@_laplacian_loss_backward.register_kernel("cpu")
 def _(grad_out, z, indptr, indices, weights, scale, saved_grad, reduction, divisor):
     return _backward_impl(grad_out, z, indptr, indices, weights, scale, saved_grad, reduction, divisor)
 
 
-@laplacian_loss_backward.register_fake
+@_laplacian_loss_backward.register_fake
 def _(grad_out, z, indptr, indices, weights, scale, saved_grad, reduction, divisor):
     return torch.empty_like(z, memory_format=torch.contiguous_format)
 
@@ -171,7 +158,7 @@ def _backward(ctx, grad_loss, _grad_saved):
     if not ctx.needs_input_grad[0]:
         return (None,) + nones
     z, indptr, indices, weights, scale, saved = ctx.saved_tensors
-    gz = laplacian_loss_backward(grad_loss, z, indptr, indices, weights, scale, saved, ctx.reduction, ctx.divisor)
+    gz = _laplacian_loss_backward(grad_loss, z, indptr, indices, weights, scale, saved, ctx.reduction, ctx.divisor)
     return (gz,) + nones
 
 

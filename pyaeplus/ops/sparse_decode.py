@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from .. import _ext
+from .._amp import acc_dtype
 from ..reference import sparse_decode as ref
 from . import _guard
 from ._dispatch import run
@@ -39,16 +40,13 @@ def _c(t: torch.Tensor | None) -> torch.Tensor | None:
 
 # ---- forward ------------------------------------------------------------------------------
 
-def _forward_compiled(ext, values, indices, weight, bias, *, cuda: bool) -> torch.Tensor:
+def _forward_compiled(values, indices, weight, bias) -> torch.Tensor:
     values, indices, weight, bias = _c(values), _c(indices), _c(weight), _c(bias)
     B, K = values.shape
     D, N = weight.shape
     out = torch.empty((B, N), dtype=values.dtype, device=values.device)
-    args = [_ext.ptr(values), _ext.ptr(indices), _ext.ptr(weight), _ext.ptr(bias), _ext.ptr(out), B, K, D, N,
-            _ext.dtype_code(values), _ext.dtype_code(indices)]
-    if cuda:
-        args.append(_ext.stream(values))
-    ext.sparse_decode_forward(*args)
+    _ext.call("sparse_decode_forward", values, _ext.ptr(values), _ext.ptr(indices), _ext.ptr(weight), _ext.ptr(bias),
+              _ext.ptr(out), B, K, D, N, _ext.dtype_code(values), _ext.dtype_code(indices))
     return out
 
 
@@ -56,64 +54,54 @@ def _forward_triton(values, indices, weight, bias) -> torch.Tensor:
     return _triton().sparse_decode_forward(_c(values), _c(indices), _c(weight), _c(bias))
 
 
-@torch.library.custom_op("pyaeplus::sparse_decode", mutates_args=(), device_types="cuda")
-def sparse_decode(values: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor,
-                  bias: Optional[torch.Tensor]) -> torch.Tensor:
+def _forward(values, indices, weight, bias) -> torch.Tensor:
+    """The body of the op on either device (the CUDA op and its CPU kernel): ``run`` picks."""
     _guard.sparse_decode("sparse_decode", values, indices, weight, bias)
     return run("sparse_decode", values.device,
                triton=lambda: _forward_triton(values, indices, weight, bias),
-               cuda=lambda: _forward_compiled(_ext.cuda_ext(), values, indices, weight, bias, cuda=True),
+               cuda=lambda: _forward_compiled(values, indices, weight, bias),
+               cpu=lambda: _forward_compiled(values, indices, weight, bias),
                torch_=lambda: ref.sparse_decode(values, indices, weight, bias))
 
 
-@sparse_decode.register_kernel("cpu")
-def _(values, indices, weight, bias):
-    _guard.sparse_decode("sparse_decode", values, indices, weight, bias)
-    return run("sparse_decode", values.device,
-               cpu=lambda: _forward_compiled(_ext.cpu_ext(), values, indices, weight, bias, cuda=False),
-               torch_=lambda: ref.sparse_decode(values, indices, weight, bias))
+@torch.library.custom_op("pyaeplus::sparse_decode", mutates_args=(), device_types="cuda")
+def sparse_decode(values: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor,
+                  bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return _forward(values, indices, weight, bias)
 
 
-@sparse_decode.register_fake
-def _(values, indices, weight, bias):
-    return values.new_empty((values.shape[0], weight.shape[1]))
+sparse_decode.register_kernel("cpu")(_forward)
+sparse_decode.register_fake(lambda values, indices, weight, bias: values.new_empty((values.shape[0], weight.shape[1])))
 
 
 # ---- grad_values --------------------------------------------------------------------------
 
-def _grad_values_compiled(ext, grad_out, indices, weight, *, cuda: bool) -> torch.Tensor:
+def _grad_values_compiled(grad_out, indices, weight) -> torch.Tensor:
     grad_out, indices, weight = _c(grad_out), _c(indices), _c(weight)
     B, K = indices.shape
     D, N = weight.shape
     gv = torch.empty((B, K), dtype=weight.dtype, device=weight.device)
-    args = [_ext.ptr(grad_out), _ext.ptr(indices), _ext.ptr(weight), _ext.ptr(gv), B, K, D, N,
-            _ext.dtype_code(weight), _ext.dtype_code(indices)]
-    if cuda:
-        args.append(_ext.stream(weight))
-    ext.sparse_decode_grad_values(*args)
+    _ext.call("sparse_decode_grad_values", weight, _ext.ptr(grad_out), _ext.ptr(indices), _ext.ptr(weight),
+              _ext.ptr(gv), B, K, D, N, _ext.dtype_code(weight), _ext.dtype_code(indices))
     return gv
+
+
+def _grad_values(grad_out, indices, weight) -> torch.Tensor:
+    _guard.sparse_decode_grad("_sparse_decode_grad_values", grad_out, indices, weight)
+    return run("sparse_decode", weight.device,
+               triton=lambda: _triton().sparse_decode_grad_values(_c(grad_out), _c(indices), _c(weight)),
+               cuda=lambda: _grad_values_compiled(grad_out, indices, weight),
+               cpu=lambda: _grad_values_compiled(grad_out, indices, weight),
+               torch_=lambda: ref.sparse_decode_grad_values(grad_out, indices, weight))
 
 
 @torch.library.custom_op("pyaeplus::_sparse_decode_grad_values", mutates_args=(), device_types="cuda")
 def _sparse_decode_grad_values(grad_out: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    _guard.sparse_decode_grad("_sparse_decode_grad_values", grad_out, indices, weight)
-    return run("sparse_decode", weight.device,
-               triton=lambda: _triton().sparse_decode_grad_values(_c(grad_out), _c(indices), _c(weight)),
-               cuda=lambda: _grad_values_compiled(_ext.cuda_ext(), grad_out, indices, weight, cuda=True),
-               torch_=lambda: ref.sparse_decode_grad_values(grad_out, indices, weight))
+    return _grad_values(grad_out, indices, weight)
 
 
-@_sparse_decode_grad_values.register_kernel("cpu")
-def _(grad_out, indices, weight):
-    _guard.sparse_decode_grad("_sparse_decode_grad_values", grad_out, indices, weight)
-    return run("sparse_decode", weight.device,
-               cpu=lambda: _grad_values_compiled(_ext.cpu_ext(), grad_out, indices, weight, cuda=False),
-               torch_=lambda: ref.sparse_decode_grad_values(grad_out, indices, weight))
-
-
-@_sparse_decode_grad_values.register_fake
-def _(grad_out, indices, weight):
-    return weight.new_empty(indices.shape)
+_sparse_decode_grad_values.register_kernel("cpu")(_grad_values)
+_sparse_decode_grad_values.register_fake(lambda grad_out, indices, weight: weight.new_empty(indices.shape))
 
 
 # ---- grad_weight --------------------------------------------------------------------------
@@ -126,9 +114,9 @@ def _grad_weight_cpu(grad_out, values, indices, weight, with_values: bool):
     D, N = weight.shape
     gw = torch.empty((D, N), dtype=weight.dtype, device=weight.device)
     gv = torch.empty((B, K), dtype=weight.dtype, device=weight.device) if with_values else None
-    _ext.cpu_ext().sparse_decode_grad_weight(_ext.ptr(grad_out), _ext.ptr(values), _ext.ptr(indices), _ext.ptr(weight),
-                                             _ext.ptr(gw), _ext.ptr(gv), B, K, D, N, _ext.dtype_code(weight),
-                                             _ext.dtype_code(indices))
+    _ext.call("sparse_decode_grad_weight", weight, _ext.ptr(grad_out), _ext.ptr(values), _ext.ptr(indices),
+              _ext.ptr(weight), _ext.ptr(gw), _ext.ptr(gv), B, K, D, N, _ext.dtype_code(weight),
+              _ext.dtype_code(indices))
     return gv, gw
 
 
@@ -140,9 +128,8 @@ def _grad_weight_cuda(grad_out, values, indices, weight) -> torch.Tensor:
     sorted_values = values.reshape(-1)[order].contiguous()        # [B*K]
     sorted_rows = torch.div(order, K, rounding_mode="floor")       # [B*K] batch row of each entry
     gw = torch.empty((D, N), dtype=weight.dtype, device=weight.device)
-    _ext.cuda_ext().sparse_decode_grad_weight(_ext.ptr(grad_out), _ext.ptr(sorted_values), _ext.ptr(sorted_rows),
-                                              _ext.ptr(indptr), _ext.ptr(gw), D, N, _ext.dtype_code(weight),
-                                              _ext.stream(weight))
+    _ext.call("sparse_decode_grad_weight", weight, _ext.ptr(grad_out), _ext.ptr(sorted_values),
+              _ext.ptr(sorted_rows), _ext.ptr(indptr), _ext.ptr(gw), D, N, _ext.dtype_code(weight))
     return gw
 
 
@@ -152,61 +139,50 @@ def _grad_weight_triton(grad_out, values, indices, weight) -> torch.Tensor:
     return _triton().sparse_decode_grad_weight(_c(grad_out), _c(values), _c(indices), order, indptr, D)
 
 
-@torch.library.custom_op("pyaeplus::_sparse_decode_grad_weight", mutates_args=(), device_types="cuda")
-def _sparse_decode_grad_weight(grad_out: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
-                               weight: torch.Tensor) -> torch.Tensor:
+def _grad_weight(grad_out, values, indices, weight) -> torch.Tensor:
     _guard.sparse_decode_grad("_sparse_decode_grad_weight", grad_out, indices, weight, values)
     return run("sparse_decode", weight.device,
                triton=lambda: _grad_weight_triton(grad_out, values, indices, weight),
                cuda=lambda: _grad_weight_cuda(grad_out, values, indices, weight),
-               torch_=lambda: ref.sparse_decode_grad_weight(grad_out, values, indices, weight))
-
-
-@_sparse_decode_grad_weight.register_kernel("cpu")
-def _(grad_out, values, indices, weight):
-    _guard.sparse_decode_grad("_sparse_decode_grad_weight", grad_out, indices, weight, values)
-    return run("sparse_decode", weight.device,
                cpu=lambda: _grad_weight_cpu(grad_out, values, indices, weight, False)[1],
                torch_=lambda: ref.sparse_decode_grad_weight(grad_out, values, indices, weight))
 
 
-@_sparse_decode_grad_weight.register_fake
-def _(grad_out, values, indices, weight):
-    return weight.new_empty(weight.shape)
+@torch.library.custom_op("pyaeplus::_sparse_decode_grad_weight", mutates_args=(), device_types="cuda")
+def _sparse_decode_grad_weight(grad_out: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
+                               weight: torch.Tensor) -> torch.Tensor:
+    return _grad_weight(grad_out, values, indices, weight)
+
+
+_sparse_decode_grad_weight.register_kernel("cpu")(_grad_weight)
+_sparse_decode_grad_weight.register_fake(lambda grad_out, values, indices, weight: weight.new_empty(weight.shape))
 
 
 # ---- both gradients ------------------------------------------------------------------------
 
-@torch.library.custom_op("pyaeplus::_sparse_decode_backward", mutates_args=(), device_types="cuda")
-def _sparse_decode_backward(grad_out: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
-                            weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_values (B, k), grad_weight (D, N)). On CUDA the two kernels run one after the other."""
+def _both_grads(grad_out, values, indices, weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_values (B, k), grad_weight (D, N)). On the CPU one fused sweep (grad_values from the
+    grad_weight pass: no random gather of weight rows); on CUDA two kernels one after the other."""
     _guard.sparse_decode_grad("_sparse_decode_backward", grad_out, indices, weight, values)
-    def separate(gv_fn, gw_fn):
-        return lambda: (gv_fn(), gw_fn())
-
     return run("sparse_decode", weight.device,
-               triton=separate(lambda: _triton().sparse_decode_grad_values(_c(grad_out), _c(indices), _c(weight)),
-                               lambda: _grad_weight_triton(grad_out, values, indices, weight)),
-               cuda=separate(lambda: _grad_values_compiled(_ext.cuda_ext(), grad_out, indices, weight, cuda=True),
-                             lambda: _grad_weight_cuda(grad_out, values, indices, weight)),
-               torch_=separate(lambda: ref.sparse_decode_grad_values(grad_out, indices, weight),
-                               lambda: ref.sparse_decode_grad_weight(grad_out, values, indices, weight)))
-
-
-@_sparse_decode_backward.register_kernel("cpu")
-def _(grad_out, values, indices, weight):
-    _guard.sparse_decode_grad("_sparse_decode_backward", grad_out, indices, weight, values)
-    # One fused sweep: grad_values from the grad_weight pass (no random gather of weight rows).
-    return run("sparse_decode", weight.device,
+               triton=lambda: (_triton().sparse_decode_grad_values(_c(grad_out), _c(indices), _c(weight)),
+                               _grad_weight_triton(grad_out, values, indices, weight)),
+               cuda=lambda: (_grad_values_compiled(grad_out, indices, weight),
+                             _grad_weight_cuda(grad_out, values, indices, weight)),
                cpu=lambda: _grad_weight_cpu(grad_out, values, indices, weight, True),
                torch_=lambda: (ref.sparse_decode_grad_values(grad_out, indices, weight),
                                ref.sparse_decode_grad_weight(grad_out, values, indices, weight)))
 
 
-@_sparse_decode_backward.register_fake
-def _(grad_out, values, indices, weight):
-    return weight.new_empty(indices.shape), weight.new_empty(weight.shape)
+@torch.library.custom_op("pyaeplus::_sparse_decode_backward", mutates_args=(), device_types="cuda")
+def _sparse_decode_backward(grad_out: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
+                            weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _both_grads(grad_out, values, indices, weight)
+
+
+_sparse_decode_backward.register_kernel("cpu")(_both_grads)
+_sparse_decode_backward.register_fake(lambda grad_out, values, indices, weight: (weight.new_empty(indices.shape),
+                                                                                 weight.new_empty(weight.shape)))
 
 
 # ---- autograd -----------------------------------------------------------------------------
@@ -227,8 +203,7 @@ def _backward(ctx, grad_out):
     elif ctx.needs_input_grad[2]:
         grad_weight = torch.ops.pyaeplus._sparse_decode_grad_weight(grad_out, values, indices, weight)
     if ctx.has_bias and ctx.needs_input_grad[3]:
-        acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
-        grad_bias = grad_out.sum(0, dtype=acc).to(grad_out.dtype)
+        grad_bias = grad_out.sum(0, dtype=acc_dtype(grad_out.dtype)).to(grad_out.dtype)
     return grad_values, None, grad_weight, grad_bias
 
 

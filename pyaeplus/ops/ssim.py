@@ -1,4 +1,4 @@
-"""``pyaeplus::ssim_stats`` and ``pyaeplus::ssim_stats_backward``: per-(image, channel) sums of
+"""``pyaeplus::ssim_stats`` and ``pyaeplus::_ssim_stats_backward``: per-(image, channel) sums of
 the SSIM map, the contrast-structure map and |x - y|, from one pass of the separable window.
 
 Forward: ``(x, y, window, c1, c2, padding, want_map) -> (ssim_sum, cs_sum, l1_sum, map)``
@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from .. import _ext
+from .._amp import acc_dtype
 from ..reference import ssim as ref
 from . import _guard
 from ._dispatch import run
@@ -29,10 +30,6 @@ def _triton():
     from ..kernels import ssim as m
 
     return m
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _out_hw(H: int, W: int, K: int, padding: int) -> tuple[int, int]:
@@ -56,94 +53,48 @@ def _check(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor, padding: int)
         raise ValueError(f"pyaeplus::ssim_stats: H and W must be >= the window size {K}, got {tuple(x.shape)}")
 
 
-def _cpu_forward(x, y, window, c1, c2, padding, want_map):
+def _prepare(x, y, window, padding):
+    """Checks, then (N, C, H, W, K, acc dtype, the window in acc on x's device)."""
     _check(x, y, window, padding)
     N, C, H, W = x.shape
-    K = window.shape[0]
+    acc = acc_dtype(x.dtype)
+    return N, C, H, W, window.shape[0], acc, window.to(device=x.device, dtype=acc).contiguous()
+
+
+def _compiled_forward(x, y, window, c1, c2, padding, want_map):
+    N, C, H, W, K, acc, w = _prepare(x, y, window, padding)
     Ho, Wo = _out_hw(H, W, K, padding)
-    acc = _acc_dtype(x.dtype)
-    w = window.to(acc).contiguous()
-    ssim_sum = torch.empty((N, C), dtype=acc)
-    cs_sum = torch.empty((N, C), dtype=acc)
-    l1_sum = torch.empty((N, C), dtype=acc)
-    smap = torch.empty((N, C, Ho, Wo) if want_map else (0,), dtype=acc)
-    if x.numel() > 0:
-        # x, y: [N, C, H, W] with their own element strides (no copy); map: contiguous [N, C, Ho, Wo].
-        _ext.cpu_ext().ssim_forward(
-            _ext.ptr(x), *x.stride(), _ext.ptr(y), *y.stride(), N, C, H, W,
-            _ext.ptr(w), K, float(c1), float(c2), int(padding),
-            _ext.ptr(smap) if want_map else 0, _ext.ptr(ssim_sum), _ext.ptr(cs_sum), _ext.ptr(l1_sum),
-            _ext.dtype_code(x))
-    else:
-        ssim_sum.zero_(), cs_sum.zero_(), l1_sum.zero_()
-    return ssim_sum, cs_sum, l1_sum, smap
-
-
-def _cpu_backward(grad_ssim, grad_cs, grad_l1, grad_map, x, y, window, c1, c2, padding):
-    _check(x, y, window, padding)
-    N, C, H, W = x.shape
-    K = window.shape[0]
-    acc = _acc_dtype(x.dtype)
-    w = window.to(acc).contiguous()
-    gs = grad_ssim.to(acc).contiguous()
-    gc = grad_cs.to(acc).contiguous()
-    gl = grad_l1.to(acc).contiguous()
-    gm = None if grad_map is None else grad_map.to(acc).contiguous()
-    dx = torch.empty_like(x)  # keeps channels_last; the kernel writes through dx's strides
-    dy = torch.empty_like(y)
-    if x.numel() > 0:
-        _ext.cpu_ext().ssim_backward(
-            _ext.ptr(gs), _ext.ptr(gc), _ext.ptr(gl), _ext.ptr(gm),
-            _ext.ptr(x), *x.stride(), _ext.ptr(y), *y.stride(),
-            _ext.ptr(dx), *dx.stride(), _ext.ptr(dy), *dy.stride(), N, C, H, W,
-            _ext.ptr(w), K, float(c1), float(c2), int(padding), _ext.dtype_code(x))
-    return dx, dy
-
-
-# ---- CUDA glue (SSIM GPU kernels helper) ----
-def _cuda_forward(x, y, window, c1, c2, padding, want_map):
-    _check(x, y, window, padding)
-    N, C, H, W = x.shape
-    K = window.shape[0]
-    Ho, Wo = _out_hw(H, W, K, padding)
-    acc = _acc_dtype(x.dtype)
-    ext = _ext.cuda_ext()
-    w = window.to(device=x.device, dtype=acc).contiguous()
-    smap = torch.empty((N, C, Ho, Wo) if want_map else (0,), dtype=acc, device=x.device)
-    n_tiles = ext.ssim_forward_tiles(H, W, K, int(padding))
-    # One partial per CTA and sum: [3, N*C, n_tiles]; the fixed-order sum below is the
-    # deterministic second stage of the reduction (no atomics in the kernel).
-    part = torch.empty((3, N * C, n_tiles), dtype=acc, device=x.device)
+    smap = x.new_empty((N, C, Ho, Wo) if want_map else (0,), dtype=acc)
+    # x, y: [N, C, H, W] through their own element strides (no copy); map: contiguous [N, C, Ho, Wo].
+    head = (_ext.ptr(x), *x.stride(), _ext.ptr(y), *y.stride(), N, C, H, W, _ext.ptr(w), K, float(c1), float(c2),
+            int(padding), _ext.ptr(smap) if want_map else 0)
+    if x.device.type == "cuda":
+        # One partial per CTA and sum: [3, N*C, n_tiles]; the fixed-order sum below is the
+        # deterministic second stage of the reduction (no atomics in the kernel).
+        part = x.new_empty((3, N * C, _ext.cuda_ext().ssim_forward_tiles(H, W, K, int(padding))), dtype=acc)
+        if N * C > 0:
+            _ext.call("ssim_forward", x, *head, _ext.ptr(part), _ext.dtype_code(x))
+        sums = part.sum(-1).view(3, N, C)
+        return sums[0].clone(), sums[1].clone(), sums[2].clone(), smap
+    sums = [x.new_zeros((N, C), dtype=acc) for _ in range(3)]  # [N, C] each: ssim, cs, |x - y|
     if N * C > 0:
-        # x, y: [N, C, H, W] through their own element strides (no copy).
-        ext.ssim_forward(
-            _ext.ptr(x), *x.stride(), _ext.ptr(y), *y.stride(), N, C, H, W, _ext.ptr(w), K,
-            float(c1), float(c2), int(padding), _ext.ptr(smap) if want_map else 0, _ext.ptr(part),
-            _ext.dtype_code(x), _ext.stream(x))
-    sums = part.sum(-1).view(3, N, C)
-    return sums[0].clone(), sums[1].clone(), sums[2].clone(), smap
+        _ext.call("ssim_forward", x, *head, *(_ext.ptr(t) for t in sums), _ext.dtype_code(x))
+    return sums[0], sums[1], sums[2], smap
 
 
-def _cuda_backward(grad_ssim, grad_cs, grad_l1, grad_map, x, y, window, c1, c2, padding):
-    _check(x, y, window, padding)
-    N, C, H, W = x.shape
-    K = window.shape[0]
-    acc = _acc_dtype(x.dtype)
-    w = window.to(device=x.device, dtype=acc).contiguous()
-    gs = grad_ssim.to(device=x.device, dtype=acc).contiguous()
-    gc = grad_cs.to(device=x.device, dtype=acc).contiguous()
-    gl = grad_l1.to(device=x.device, dtype=acc).contiguous()
-    gm = None if grad_map is None else grad_map.to(device=x.device, dtype=acc).contiguous()
+def _compiled_backward(grad_ssim, grad_cs, grad_l1, grad_map, x, y, window, c1, c2, padding):
+    N, C, H, W, K, acc, w = _prepare(x, y, window, padding)
+    # grad_ssim, grad_cs, grad_l1: [N, C]; grad_map: [N, C, Ho, Wo] or None; all contiguous in acc.
+    gs, gc, gl, gm = (None if g is None else g.to(device=x.device, dtype=acc).contiguous()
+                      for g in (grad_ssim, grad_cs, grad_l1, grad_map))
     dx = torch.empty_like(x)  # keeps channels_last; the kernel writes through dx's strides
     dy = torch.empty_like(y)
     if x.numel() > 0:
-        _ext.cuda_ext().ssim_backward(
-            _ext.ptr(gs), _ext.ptr(gc), _ext.ptr(gl), _ext.ptr(gm),
-            _ext.ptr(x), *x.stride(), _ext.ptr(y), *y.stride(),
-            _ext.ptr(dx), *dx.stride(), _ext.ptr(dy), *dy.stride(), N, C, H, W,
-            _ext.ptr(w), K, float(c1), float(c2), int(padding), _ext.dtype_code(x), _ext.stream(x))
+        _ext.call("ssim_backward", x, _ext.ptr(gs), _ext.ptr(gc), _ext.ptr(gl), _ext.ptr(gm),
+                  _ext.ptr(x), *x.stride(), _ext.ptr(y), *y.stride(),
+                  _ext.ptr(dx), *dx.stride(), _ext.ptr(dy), *dy.stride(), N, C, H, W,
+                  _ext.ptr(w), K, float(c1), float(c2), int(padding), _ext.dtype_code(x))
     return dx, dy
-# ---- end CUDA glue ----
 
 
 def _entry(x, y, window, padding, grads=None, grad_map=None) -> None:
@@ -151,7 +102,7 @@ def _entry(x, y, window, padding, grads=None, grad_map=None) -> None:
     if grads is None:
         _guard.ssim("ssim_stats", x, y, window)
     else:
-        _guard.ssim_backward("ssim_stats_backward", grads, grad_map, x, y, window, padding)
+        _guard.ssim_backward("_ssim_stats_backward", grads, grad_map, x, y, window, padding)
 
 
 @torch.library.custom_op("pyaeplus::ssim_stats", mutates_args=(), device_types="cuda")
@@ -160,7 +111,7 @@ def ssim_stats(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor, c1: float
     _entry(x, y, window, padding)
     return run("ssim_stats", x.device,
                triton=lambda: _triton().ssim_stats_forward(x, y, window, c1, c2, padding, want_map),
-               cuda=lambda: _cuda_forward(x, y, window, c1, c2, padding, want_map),  # noqa: F821 (glue block)
+               cuda=lambda: _compiled_forward(x, y, window, c1, c2, padding, want_map),
                torch_=lambda: ref.ssim_stats(x, y, window, c1, c2, padding, want_map))
 
 
@@ -168,7 +119,7 @@ def ssim_stats(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor, c1: float
 def _(x, y, window, c1, c2, padding, want_map):
     _entry(x, y, window, padding)
     return run("ssim_stats", x.device,
-               cpu=lambda: _cpu_forward(x, y, window, c1, c2, padding, want_map),
+               cpu=lambda: _compiled_forward(x, y, window, c1, c2, padding, want_map),
                torch_=lambda: ref.ssim_stats(x, y, window, c1, c2, padding, want_map))
 
 
@@ -176,33 +127,33 @@ def _(x, y, window, c1, c2, padding, want_map):
 def _(x, y, window, c1, c2, padding, want_map):
     N, C, H, W = x.shape
     Ho, Wo = _out_hw(H, W, window.shape[0], padding)
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     sums = [x.new_empty((N, C), dtype=acc) for _ in range(3)]
     smap = x.new_empty((N, C, Ho, Wo) if want_map else (0,), dtype=acc)
     return sums[0], sums[1], sums[2], smap
 
 
-@torch.library.custom_op("pyaeplus::ssim_stats_backward", mutates_args=(), device_types="cuda")
-def ssim_stats_backward(grad_ssim: torch.Tensor, grad_cs: torch.Tensor, grad_l1: torch.Tensor,
+@torch.library.custom_op("pyaeplus::_ssim_stats_backward", mutates_args=(), device_types="cuda")
+def _ssim_stats_backward(grad_ssim: torch.Tensor, grad_cs: torch.Tensor, grad_l1: torch.Tensor,
                         grad_map: Optional[torch.Tensor], x: torch.Tensor, y: torch.Tensor, window: torch.Tensor,
                         c1: float, c2: float, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
     _entry(x, y, window, padding, (grad_ssim, grad_cs, grad_l1), grad_map)
     args = (grad_ssim, grad_cs, grad_l1, grad_map, x, y, window, c1, c2, padding)
     return run("ssim_stats_backward", x.device,
                triton=lambda: _triton().ssim_stats_backward(*args),
-               cuda=lambda: _cuda_backward(*args),  # noqa: F821 (glue block)
+               cuda=lambda: _compiled_backward(*args),
                torch_=lambda: ref.ssim_stats_backward(*args))
 
 
-@ssim_stats_backward.register_kernel("cpu")
+@_ssim_stats_backward.register_kernel("cpu")
 def _(grad_ssim, grad_cs, grad_l1, grad_map, x, y, window, c1, c2, padding):
     _entry(x, y, window, padding, (grad_ssim, grad_cs, grad_l1), grad_map)
     args = (grad_ssim, grad_cs, grad_l1, grad_map, x, y, window, c1, c2, padding)
-    return run("ssim_stats_backward", x.device, cpu=lambda: _cpu_backward(*args),
+    return run("ssim_stats_backward", x.device, cpu=lambda: _compiled_backward(*args),
                torch_=lambda: ref.ssim_stats_backward(*args))
 
 
-@ssim_stats_backward.register_fake
+@_ssim_stats_backward.register_fake
 def _(grad_ssim, grad_cs, grad_l1, grad_map, x, y, window, c1, c2, padding):
     return torch.empty_like(x), torch.empty_like(y)
 
@@ -218,14 +169,14 @@ def _backward(ctx, g_ssim, g_cs, g_l1, g_map):
     c1, c2, padding, want_map = ctx.consts
     if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
         return None, None, None, None, None, None, None
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     N, C = x.shape[:2]
 
     def plane(g):  # unused outputs may arrive as None
         return torch.zeros((N, C), dtype=acc, device=x.device) if g is None else g.to(acc)
 
     gm = g_map.to(acc) if (want_map and g_map is not None) else None
-    dx, dy = ssim_stats_backward(plane(g_ssim), plane(g_cs), plane(g_l1), gm, x, y, window, c1, c2, padding)
+    dx, dy = _ssim_stats_backward(plane(g_ssim), plane(g_cs), plane(g_l1), gm, x, y, window, c1, c2, padding)
     return (dx if ctx.needs_input_grad[0] else None, dy if ctx.needs_input_grad[1] else None,
             None, None, None, None, None)
 

@@ -11,9 +11,9 @@ Forward (x is (B, D); the public function reshapes any rank to that):
 Backward (each a custom op with its own autograd, so double backward works too); both
 write grad_x (B, D) in ONE pass per row (zeros and the k gradients together):
 
-* ``pyaeplus::topk_sparse_backward(grad_values, indices, values?, D)``: ``values`` (the
+* ``pyaeplus::_topk_sparse_backward(grad_values, indices, values?, D)``: ``values`` (the
   forward's ReLU'd output) is passed only with ``relu=True``, to mask where it is ``<= 0``;
-* ``pyaeplus::topk_dense_backward(grad_y, indices, y?)``: reads grad_y only at the k indices.
+* ``pyaeplus::_topk_dense_backward(grad_y, indices, y?)``: reads grad_y only at the k indices.
 
 Strides: the kernels take a row stride and need a unit element stride; an input whose last
 dimension is strided is made contiguous here (``_rowmajor``).
@@ -92,19 +92,7 @@ def sort_selected(x: Tensor, idx: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
 
 # ---- implementations --------------------------------------------------------------------
 
-def _cpu_forward(x: Tensor, k: int, relu: bool, dense: bool) -> tuple[Tensor, Tensor]:
-    x = _rowmajor(x)
-    B, D = x.shape
-    idx = torch.empty((B, k), dtype=torch.int64, device=x.device)
-    vals = None if dense else torch.empty((B, k), dtype=x.dtype, device=x.device)
-    y = torch.empty((B, D), dtype=x.dtype, device=x.device) if dense else None
-    if B > 0:
-        _ext.cpu_ext().topk_forward(_ext.ptr(x), B, D, x.stride(0), k, relu, _ext.dtype_code(x),
-                                    _ext.ptr(vals), _ext.ptr(idx), _ext.ptr(y))
-    return (y if dense else vals), idx
-
-
-def _cuda_forward(x: Tensor, k: int, relu: bool, dense: bool) -> tuple[Tensor, Tensor]:
+def _compiled_forward(x: Tensor, k: int, relu: bool, dense: bool) -> tuple[Tensor, Tensor]:
     x = _rowmajor(x)
     B, D = x.shape
     idx = torch.empty((B, k), dtype=torch.int64, device=x.device)
@@ -112,16 +100,17 @@ def _cuda_forward(x: Tensor, k: int, relu: bool, dense: bool) -> tuple[Tensor, T
     y = torch.empty((B, D), dtype=x.dtype, device=x.device) if dense else None
     if B == 0:
         return (y if dense else vals), idx
-    is_sorted = _ext.cuda_ext().topk_forward(_ext.ptr(x), B, D, x.stride(0), k, relu, _ext.dtype_code(x),
-                                             _ext.ptr(vals), _ext.ptr(idx), _ext.ptr(y), _ext.stream(x))
+    # x: [B, D] (row stride); vals/idx: [B, k]; y: [B, D]; all written by the kernel.
+    is_sorted = _ext.call("topk_forward", x, _ext.ptr(x), B, D, x.stride(0), k, relu, _ext.dtype_code(x),
+                          _ext.ptr(vals), _ext.ptr(idx), _ext.ptr(y))
     if dense:
         return y, idx
-    if not is_sorted:  # large k: the kernel wrote the selection in index order
+    if is_sorted is False:  # CUDA, large k: the kernel wrote the selection in index order (CPU: sorted, None)
         vals, idx = sort_selected(x, idx, relu)
     return vals, idx
 
 
-def _backward_impl(grad: Tensor, gather: bool, mask: Optional[Tensor], idx: Tensor, D: int) -> Tensor:
+def _compiled_backward(grad: Tensor, gather: bool, mask: Optional[Tensor], idx: Tensor, D: int) -> Tensor:
     """grad_x (B, D) from grad ((B, k), or (B, D) read at idx when gather) masked by mask > 0."""
     grad = _rowmajor(grad)
     mask = None if mask is None else _rowmajor(mask)
@@ -130,12 +119,8 @@ def _backward_impl(grad: Tensor, gather: bool, mask: Optional[Tensor], idx: Tens
     out = torch.empty((B, D), dtype=grad.dtype, device=grad.device)
     if B == 0:
         return out
-    args = (_ext.ptr(grad), grad.stride(0), gather, _ext.ptr(mask), 0 if mask is None else mask.stride(0),
-            _ext.ptr(idx), B, k, D, _ext.dtype_code(grad), _ext.ptr(out))
-    if grad.device.type == "cuda":
-        _ext.cuda_ext().topk_backward(*args, _ext.stream(grad))
-    else:
-        _ext.cpu_ext().topk_backward(*args)
+    _ext.call("topk_backward", grad, _ext.ptr(grad), grad.stride(0), gather, _ext.ptr(mask),
+              0 if mask is None else mask.stride(0), _ext.ptr(idx), B, k, D, _ext.dtype_code(grad), _ext.ptr(out))
     return out
 
 
@@ -144,140 +129,92 @@ def _triton_backward(grad: Tensor, gather: bool, mask: Optional[Tensor], idx: Te
                                    idx.contiguous(), D)
 
 
-# ---- forward ops ------------------------------------------------------------------------
+# ---- forward ops (one body for the CUDA op and its CPU kernel: ``run`` picks what the device runs) --
+
+def _forward(x: Tensor, k: int, relu: bool, dense: bool) -> tuple[Tensor, Tensor]:
+    _check(x, k)
+    return run("topk_dense" if dense else "topk_sparse", x.device,
+               triton=lambda: _triton().topk_forward(_rowmajor(x), k, relu, dense=dense),
+               cuda=lambda: _compiled_forward(x, k, relu, dense), cpu=lambda: _compiled_forward(x, k, relu, dense),
+               torch_=lambda: (ref.topk_dense if dense else ref.topk_sparse)(x, k, relu))
+
+
+def _forward_fake(x: Tensor, k: int, dense: bool) -> tuple[Tensor, Tensor]:
+    _check(x, k)
+    return x.new_empty(x.shape if dense else (x.shape[0], k)), x.new_empty((x.shape[0], k), dtype=torch.int64)
+
 
 @torch.library.custom_op("pyaeplus::topk_sparse", mutates_args=(), device_types="cuda")
 def topk_sparse(x: Tensor, k: int, relu: bool) -> tuple[Tensor, Tensor]:
-    _check(x, k)
-    return run("topk_sparse", x.device,
-               triton=lambda: _triton().topk_forward(_rowmajor(x), k, relu, dense=False),
-               cuda=lambda: _cuda_forward(x, k, relu, dense=False),
-               torch_=lambda: ref.topk_sparse(x, k, relu))
+    return _forward(x, k, relu, False)
 
 
-@topk_sparse.register_kernel("cpu")
-def _(x, k, relu):
-    _check(x, k)
-    return run("topk_sparse", x.device, cpu=lambda: _cpu_forward(x, k, relu, dense=False),
-               torch_=lambda: ref.topk_sparse(x, k, relu))
-
-
-@topk_sparse.register_fake
-def _(x, k, relu):
-    _check(x, k)
-    B = x.shape[0]
-    return x.new_empty((B, k)), x.new_empty((B, k), dtype=torch.int64)
+topk_sparse.register_kernel("cpu")(lambda x, k, relu: _forward(x, k, relu, False))
+topk_sparse.register_fake(lambda x, k, relu: _forward_fake(x, k, False))
 
 
 @torch.library.custom_op("pyaeplus::topk_dense", mutates_args=(), device_types="cuda")
 def topk_dense(x: Tensor, k: int, relu: bool) -> tuple[Tensor, Tensor]:
-    _check(x, k)
-    return run("topk_dense", x.device,
-               triton=lambda: _triton().topk_forward(_rowmajor(x), k, relu, dense=True),
-               cuda=lambda: _cuda_forward(x, k, relu, dense=True),
-               torch_=lambda: ref.topk_dense(x, k, relu))
+    return _forward(x, k, relu, True)
 
 
-@topk_dense.register_kernel("cpu")
-def _(x, k, relu):
-    _check(x, k)
-    return run("topk_dense", x.device, cpu=lambda: _cpu_forward(x, k, relu, dense=True),
-               torch_=lambda: ref.topk_dense(x, k, relu))
-
-
-@topk_dense.register_fake
-def _(x, k, relu):
-    _check(x, k)
-    B, D = x.shape
-    return x.new_empty((B, D)), x.new_empty((B, k), dtype=torch.int64)
+topk_dense.register_kernel("cpu")(lambda x, k, relu: _forward(x, k, relu, True))
+topk_dense.register_fake(lambda x, k, relu: _forward_fake(x, k, True))
 
 
 # ---- backward ops -----------------------------------------------------------------------
 
-@torch.library.custom_op("pyaeplus::topk_sparse_backward", mutates_args=(), device_types="cuda")
-def topk_sparse_backward(grad_values: Tensor, indices: Tensor, values: Optional[Tensor], D: int) -> Tensor:
-    _check_bwd(grad_values, indices, D, values, False)
-    return run("topk_sparse_backward", grad_values.device,
-               triton=lambda: _triton_backward(grad_values, False, values, indices, D),
-               cuda=lambda: _backward_impl(grad_values, False, values, indices, D),
-               torch_=lambda: ref.topk_sparse_backward(grad_values, indices, values, D))
+def _backward(grad: Tensor, indices: Tensor, mask: Optional[Tensor], D: int, gather: bool) -> Tensor:
+    _check_bwd(grad, indices, D, mask, gather)
+    return run("topk_dense_backward" if gather else "topk_sparse_backward", grad.device,
+               triton=lambda: _triton_backward(grad, gather, mask, indices, D),
+               cuda=lambda: _compiled_backward(grad, gather, mask, indices, D),
+               cpu=lambda: _compiled_backward(grad, gather, mask, indices, D),
+               torch_=lambda: (ref.topk_dense_backward(grad, indices, mask) if gather else
+                               ref.topk_sparse_backward(grad, indices, mask, D)))
 
 
-@topk_sparse_backward.register_kernel("cpu")
-def _(grad_values, indices, values, D):
-    _check_bwd(grad_values, indices, D, values, False)
-    return run("topk_sparse_backward", grad_values.device,
-               cpu=lambda: _backward_impl(grad_values, False, values, indices, D),
-               torch_=lambda: ref.topk_sparse_backward(grad_values, indices, values, D))
+@torch.library.custom_op("pyaeplus::_topk_sparse_backward", mutates_args=(), device_types="cuda")
+def _topk_sparse_backward(grad_values: Tensor, indices: Tensor, values: Optional[Tensor], D: int) -> Tensor:
+    return _backward(grad_values, indices, values, D, False)
 
 
-@topk_sparse_backward.register_fake
-def _(grad_values, indices, values, D):
-    return grad_values.new_empty((grad_values.shape[0], D))
+_topk_sparse_backward.register_kernel("cpu")(lambda g, indices, values, D: _backward(g, indices, values, D, False))
+_topk_sparse_backward.register_fake(lambda g, indices, values, D: g.new_empty((g.shape[0], D)))
 
 
-@torch.library.custom_op("pyaeplus::topk_dense_backward", mutates_args=(), device_types="cuda")
-def topk_dense_backward(grad_y: Tensor, indices: Tensor, y: Optional[Tensor]) -> Tensor:
-    D = grad_y.shape[1]
-    _check_bwd(grad_y, indices, D, y, True)
-    return run("topk_dense_backward", grad_y.device,
-               triton=lambda: _triton_backward(grad_y, True, y, indices, D),
-               cuda=lambda: _backward_impl(grad_y, True, y, indices, D),
-               torch_=lambda: ref.topk_dense_backward(grad_y, indices, y))
+@torch.library.custom_op("pyaeplus::_topk_dense_backward", mutates_args=(), device_types="cuda")
+def _topk_dense_backward(grad_y: Tensor, indices: Tensor, y: Optional[Tensor]) -> Tensor:
+    return _backward(grad_y, indices, y, grad_y.shape[1], True)
 
 
-@topk_dense_backward.register_kernel("cpu")
-def _(grad_y, indices, y):
-    D = grad_y.shape[1]
-    _check_bwd(grad_y, indices, D, y, True)
-    return run("topk_dense_backward", grad_y.device,
-               cpu=lambda: _backward_impl(grad_y, True, y, indices, D),
-               torch_=lambda: ref.topk_dense_backward(grad_y, indices, y))
-
-
-@topk_dense_backward.register_fake
-def _(grad_y, indices, y):
-    return grad_y.new_empty(grad_y.shape)
+_topk_dense_backward.register_kernel("cpu")(lambda g, indices, y: _backward(g, indices, y, g.shape[1], True))
+_topk_dense_backward.register_fake(lambda g, indices, y: g.new_empty(g.shape))
 
 
 # ---- autograd ---------------------------------------------------------------------------
 
-def _sparse_setup(ctx, inputs, output):
+def _setup(ctx, inputs, output):
     x, k, relu = inputs
-    values, indices = output
+    out, indices = output  # values (B, k) or y (B, D)
     ctx.D = x.shape[1]
-    ctx.relu = relu
-    ctx.save_for_backward(indices, values if relu else None)
+    ctx.save_for_backward(indices, out if relu else None)  # the ReLU mask
     ctx.mark_non_differentiable(indices)
 
 
-def _sparse_bwd(ctx, grad_values, grad_indices):
-    indices, values = ctx.saved_tensors
-    gx = None
-    if ctx.needs_input_grad[0] and grad_values is not None:
-        gx = topk_sparse_backward(grad_values, indices, values, ctx.D)
-    return gx, None, None
+def _autograd(backward_op):
+    """The backward of a forward op: ``backward_op(grad, indices, mask, D)`` when x needs a gradient."""
+    def backward(ctx, grad_out, _grad_indices):
+        indices, mask = ctx.saved_tensors
+        if not ctx.needs_input_grad[0] or grad_out is None:
+            return None, None, None
+        return backward_op(grad_out, indices, mask, ctx.D), None, None
+    return backward
 
 
-topk_sparse.register_autograd(_sparse_bwd, setup_context=_sparse_setup)
-
-
-def _dense_setup(ctx, inputs, output):
-    x, k, relu = inputs
-    y, indices = output
-    ctx.save_for_backward(indices, y if relu else None)
-    ctx.mark_non_differentiable(indices)
-
-
-def _dense_bwd(ctx, grad_y, grad_indices):
-    indices, y = ctx.saved_tensors
-    gx = None
-    if ctx.needs_input_grad[0] and grad_y is not None:
-        gx = topk_dense_backward(grad_y, indices, y)
-    return gx, None, None
-
-
-topk_dense.register_autograd(_dense_bwd, setup_context=_dense_setup)
+topk_sparse.register_autograd(_autograd(_topk_sparse_backward), setup_context=_setup)
+topk_dense.register_autograd(_autograd(lambda g, indices, y, D: _topk_dense_backward(g, indices, y)),
+                             setup_context=_setup)
 
 
 # Double backward: both backward ops are linear in their gradient input.
@@ -296,7 +233,7 @@ def _sparse_bwd_bwd(ctx, gg):
     return g, None, None, None
 
 
-topk_sparse_backward.register_autograd(_sparse_bwd_bwd, setup_context=_sparse_bwd_setup)
+_topk_sparse_backward.register_autograd(_sparse_bwd_bwd, setup_context=_sparse_bwd_setup)
 
 
 def _dense_bwd_setup(ctx, inputs, output):
@@ -307,8 +244,8 @@ def _dense_bwd_setup(ctx, inputs, output):
 def _dense_bwd_bwd(ctx, gg):
     indices, y = ctx.saved_tensors
     # The map grad_y -> grad_x is a masked projection: its own adjoint.
-    g = topk_dense_backward(gg, indices, y) if ctx.needs_input_grad[0] else None
+    g = _topk_dense_backward(gg, indices, y) if ctx.needs_input_grad[0] else None
     return g, None, None
 
 
-topk_dense_backward.register_autograd(_dense_bwd_bwd, setup_context=_dense_bwd_setup)
+_topk_dense_backward.register_autograd(_dense_bwd_bwd, setup_context=_dense_bwd_setup)

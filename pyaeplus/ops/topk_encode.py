@@ -118,61 +118,52 @@ def _batch_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], k: int,
     return vals[0].gather(0, order), torch.div(flat, D, rounding_mode="floor"), flat % D
 
 
-def _run_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], k: int, relu: bool, *, batch: bool, cpu: bool):
-    """The body of both forward ops on either device (``cpu``: the registered CPU kernel)."""
+def _run_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], k: int, relu: bool, *, batch: bool):
+    """The body of both forward ops on either device (the CUDA op and its CPU kernel)."""
     _check(x, weight, bias, k)
     x, weight, bias = _c(x), _c(weight), _c(bias)
     fwd = lambda: (_batch_forward if batch else _forward)(x, weight, bias, k, relu)  # noqa: E731
     reference = lambda: (ref.batch_topk_encode if batch else ref.topk_encode)(x, weight, bias, k, relu)  # noqa: E731
-    if cpu:
-        return run("topk_encode", x.device, cpu=fwd, torch_=reference)
-    return run("topk_encode", x.device, triton=fwd, cuda=fwd, torch_=reference)
+    return run("topk_encode", x.device, triton=fwd, cuda=fwd, cpu=fwd, torch_=reference)
+
+
+def _forward_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor], k: int, batch: bool):
+    _check(x, weight, bias, k)
+    B = x.shape[0]
+    if batch:
+        return x.new_empty((k * B,)), x.new_empty((k * B,), dtype=torch.int64), x.new_empty((k * B,), dtype=torch.int64)
+    return x.new_empty((B, k)), x.new_empty((B, k), dtype=torch.int64)
 
 
 @torch.library.custom_op("pyaeplus::topk_encode", mutates_args=(), device_types="cuda")
 def topk_encode(x: Tensor, weight: Tensor, bias: Optional[Tensor], k: int, relu: bool) -> tuple[Tensor, Tensor]:
-    return _run_forward(x, weight, bias, k, relu, batch=False, cpu=False)
+    return _run_forward(x, weight, bias, k, relu, batch=False)
 
 
-@topk_encode.register_kernel("cpu")
-def _(x, weight, bias, k, relu):
-    return _run_forward(x, weight, bias, k, relu, batch=False, cpu=True)
-
-
-@topk_encode.register_fake
-def _(x, weight, bias, k, relu):
-    _check(x, weight, bias, k)
-    B = x.shape[0]
-    return x.new_empty((B, k)), x.new_empty((B, k), dtype=torch.int64)
+topk_encode.register_kernel("cpu")(lambda x, weight, bias, k, relu: _run_forward(x, weight, bias, k, relu, batch=False))
+topk_encode.register_fake(lambda x, weight, bias, k, relu: _forward_fake(x, weight, bias, k, False))
 
 
 @torch.library.custom_op("pyaeplus::batch_topk_encode", mutates_args=(), device_types="cuda")
 def batch_topk_encode(x: Tensor, weight: Tensor, bias: Optional[Tensor], k: int,
                       relu: bool) -> tuple[Tensor, Tensor, Tensor]:
-    return _run_forward(x, weight, bias, k, relu, batch=True, cpu=False)
+    return _run_forward(x, weight, bias, k, relu, batch=True)
 
 
-@batch_topk_encode.register_kernel("cpu")
-def _(x, weight, bias, k, relu):
-    return _run_forward(x, weight, bias, k, relu, batch=True, cpu=True)
-
-
-@batch_topk_encode.register_fake
-def _(x, weight, bias, k, relu):
-    _check(x, weight, bias, k)
-    E = k * x.shape[0]
-    return x.new_empty((E,)), x.new_empty((E,), dtype=torch.int64), x.new_empty((E,), dtype=torch.int64)
+batch_topk_encode.register_kernel("cpu")(lambda x, weight, bias, k, relu: _run_forward(x, weight, bias, k, relu,
+                                                                                      batch=True))
+batch_topk_encode.register_fake(lambda x, weight, bias, k, relu: _forward_fake(x, weight, bias, k, True))
 
 
 # ---- backward -----------------------------------------------------------------------------
 
-def _grad_input_compiled(ext, grad, crow, cols, weight, *, cuda: bool) -> Tensor:
+def _grad_input_compiled(grad, crow, cols, weight) -> Tensor:
     grad, crow, cols, weight = _c(grad), _c(crow), _c(cols), _c(weight)
     B, (D, N) = crow.shape[0] - 1, weight.shape
     out = torch.empty((B, N), dtype=weight.dtype, device=weight.device)
-    args = [_ext.ptr(grad), _ext.ptr(crow), _ext.ptr(cols), _ext.ptr(weight), _ext.ptr(out), B, cols.shape[0], D, N,
-            _ext.dtype_code(weight)]
-    ext.topk_encode_grad_input(*(args + [_ext.stream(weight)] if cuda else args))
+    # grad, cols: [E]; crow: [B+1]; weight: [D, N]; out: [B, N]
+    _ext.call("topk_encode_grad_input", weight, _ext.ptr(grad), _ext.ptr(crow), _ext.ptr(cols), _ext.ptr(weight),
+              _ext.ptr(out), B, cols.shape[0], D, N, _ext.dtype_code(weight))
     return out
 
 
@@ -183,69 +174,57 @@ def _reverse_index(grad: Tensor, crow: Tensor, cols: Tensor, D: int) -> tuple[Te
     return grad[order].contiguous(), rows[order].contiguous(), indptr
 
 
-def _grad_weight_cpu(grad, crow, cols, x, D: int) -> tuple[Tensor, Tensor]:
-    # The C++ kernel builds the reverse index itself (counting sort) and writes every row.
-    grad, crow, cols, x = _c(grad), _c(crow), _c(cols), _c(x)
-    B, N = x.shape
-    gw = torch.empty((D, N), dtype=x.dtype, device=x.device)
-    gb = torch.empty((D,), dtype=x.dtype, device=x.device)
-    _ext.cpu_ext().topk_encode_grad_weight(_ext.ptr(grad), _ext.ptr(crow), _ext.ptr(cols), _ext.ptr(x), _ext.ptr(gw),
-                                           _ext.ptr(gb), B, cols.shape[0], D, N, _ext.dtype_code(x))
-    return gw, gb
-
-
-def _grad_weight_cuda(grad, crow, cols, x, D: int) -> tuple[Tensor, Tensor]:
-    sg, sr, indptr = _reverse_index(grad, crow, cols, D)
+def _grad_weight_compiled(grad, crow, cols, x, D: int) -> tuple[Tensor, Tensor]:
+    if x.device.type == "cpu":
+        # The C++ kernel builds the reverse index itself from (grad, crow, cols) (counting sort).
+        entries = _c(grad), _c(crow), _c(cols)
+    else:  # the CUDA kernel takes the entries grouped by latent: (grad, batch row) (E,), indptr (D+1,)
+        entries = _reverse_index(grad, crow, cols, D)
     x = _c(x)
     B, N = x.shape
     gw = torch.empty((D, N), dtype=x.dtype, device=x.device)
     gb = torch.empty((D,), dtype=x.dtype, device=x.device)
-    _ext.cuda_ext().topk_encode_grad_weight(_ext.ptr(sg), _ext.ptr(sr), _ext.ptr(indptr), _ext.ptr(x), _ext.ptr(gw),
-                                            _ext.ptr(gb), B, sg.shape[0], D, N, _ext.dtype_code(x), _ext.stream(x))
+    _ext.call("topk_encode_grad_weight", x, *(_ext.ptr(t) for t in entries), _ext.ptr(x), _ext.ptr(gw), _ext.ptr(gb),
+              B, grad.shape[0], D, N, _ext.dtype_code(x))
     return gw, gb
+
+
+def _grad_input(grad: Tensor, crow: Tensor, cols: Tensor, weight: Tensor) -> Tensor:
+    _check_bwd(grad, crow, cols, weight)
+    return run("topk_encode", weight.device,
+               triton=lambda: _triton().grad_input(_c(grad), _c(crow), _c(cols), _c(weight)),
+               cuda=lambda: _grad_input_compiled(grad, crow, cols, weight),
+               cpu=lambda: _grad_input_compiled(grad, crow, cols, weight),
+               torch_=lambda: ref.grad_input(grad, crow, cols, weight))
 
 
 @torch.library.custom_op("pyaeplus::_topk_encode_grad_input", mutates_args=(), device_types="cuda")
 def _topk_encode_grad_input(grad: Tensor, crow: Tensor, cols: Tensor, weight: Tensor) -> Tensor:
-    _check_bwd(grad, crow, cols, weight)
-    return run("topk_encode", weight.device,
-               triton=lambda: _triton().grad_input(_c(grad), _c(crow), _c(cols), _c(weight)),
-               cuda=lambda: _grad_input_compiled(_ext.cuda_ext(), grad, crow, cols, weight, cuda=True),
-               torch_=lambda: ref.grad_input(grad, crow, cols, weight))
+    return _grad_input(grad, crow, cols, weight)
 
 
-@_topk_encode_grad_input.register_kernel("cpu")
-def _(grad, crow, cols, weight):
-    _check_bwd(grad, crow, cols, weight)
-    return run("topk_encode", weight.device,
-               cpu=lambda: _grad_input_compiled(_ext.cpu_ext(), grad, crow, cols, weight, cuda=False),
-               torch_=lambda: ref.grad_input(grad, crow, cols, weight))
+_topk_encode_grad_input.register_kernel("cpu")(_grad_input)
+_topk_encode_grad_input.register_fake(lambda grad, crow, cols, weight: weight.new_empty((crow.shape[0] - 1,
+                                                                                         weight.shape[1])))
 
 
-@_topk_encode_grad_input.register_fake
-def _(grad, crow, cols, weight):
-    return weight.new_empty((crow.shape[0] - 1, weight.shape[1]))
+def _grad_weight(grad: Tensor, crow: Tensor, cols: Tensor, x: Tensor, D: int) -> tuple[Tensor, Tensor]:
+    _check_bwd(grad, crow, cols, x)
+    return run("topk_encode", x.device,
+               triton=lambda: _triton().grad_weight(*_reverse_index(grad, crow, cols, D), _c(x)),
+               cuda=lambda: _grad_weight_compiled(grad, crow, cols, x, D),
+               cpu=lambda: _grad_weight_compiled(grad, crow, cols, x, D),
+               torch_=lambda: ref.grad_weight(grad, crow, cols, x, D))
 
 
 @torch.library.custom_op("pyaeplus::_topk_encode_grad_weight", mutates_args=(), device_types="cuda")
 def _topk_encode_grad_weight(grad: Tensor, crow: Tensor, cols: Tensor, x: Tensor, D: int) -> tuple[Tensor, Tensor]:
-    _check_bwd(grad, crow, cols, x)
-    return run("topk_encode", x.device,
-               triton=lambda: _triton().grad_weight(*_reverse_index(grad, crow, cols, D), _c(x)),
-               cuda=lambda: _grad_weight_cuda(grad, crow, cols, x, D),
-               torch_=lambda: ref.grad_weight(grad, crow, cols, x, D))
+    return _grad_weight(grad, crow, cols, x, D)
 
 
-@_topk_encode_grad_weight.register_kernel("cpu")
-def _(grad, crow, cols, x, D):
-    _check_bwd(grad, crow, cols, x)
-    return run("topk_encode", x.device, cpu=lambda: _grad_weight_cpu(grad, crow, cols, x, D),
-               torch_=lambda: ref.grad_weight(grad, crow, cols, x, D))
-
-
-@_topk_encode_grad_weight.register_fake
-def _(grad, crow, cols, x, D):
-    return x.new_empty((D, x.shape[1])), x.new_empty((D,))
+_topk_encode_grad_weight.register_kernel("cpu")(_grad_weight)
+_topk_encode_grad_weight.register_fake(lambda grad, crow, cols, x, D: (x.new_empty((D, x.shape[1])),
+                                                                       x.new_empty((D,))))
 
 
 # ---- autograd -----------------------------------------------------------------------------

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from .._amp import acc_dtype as _acc
+
 REDUCTIONS = ("none", "sum", "mean")
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def laplacian_loss(z: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor,

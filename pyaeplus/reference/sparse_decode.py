@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .._amp import acc_dtype as _acc_dtype
 
 
 def sparse_decode(values: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._amp import autocast_off
+from .._amp import acc_dtype, autocast_off
 
 _PAD_MODES = {1: "constant", 2: "reflect", 3: "replicate", 4: "circular"}
 
@@ -38,7 +38,7 @@ def _filter_sep(t: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
 def ssim_maps(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor, c1: float, c2: float,
               padding: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ssim_map, cs_map), each (N, C, Ho, Wo) in float32 (float64 for float64 inputs)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     N, C, H, W = x.shape
     K = window.shape[0]
     xf = x.to(acc).reshape(N * C, 1, H, W)
@@ -63,7 +63,7 @@ def ssim_maps(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor, c1: float,
 def ssim_stats(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor, c1: float, c2: float, padding: int,
                want_map: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference of ``pyaeplus::ssim_stats`` (see pyaeplus/ops/ssim.py for the contract)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     smap, cs = ssim_maps(x, y, window, c1, c2, padding)
     l1 = (x.to(acc) - y.to(acc)).abs().sum((2, 3))
     out_map = smap.clone() if want_map else smap.new_empty((0,))
@@ -103,7 +103,7 @@ def ssim_stats_backward(grad_ssim, grad_cs, grad_l1, grad_map, x, y, window, c1,
     :func:`ssim_maps`). With the five filtered statistics mx, my, exx, eyy, exy at each output
     pixel, the loss gradient w.r.t. them is mapped back through the transposed separable
     window and the padding fold; then d/dx = T_mx + 2 x T_e + y T_exy, d/dy likewise."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     N, C, H, W = x.shape
     K = window.shape[0]
     r = K // 2
@@ -171,7 +171,7 @@ def ssim_general(X: torch.Tensor, Y: torch.Tensor, win: torch.Tensor, c1: float,
 
 
 def _ssim_general(X, Y, win, c1, c2, padding, skip, want_map):
-    acc = torch.float64 if X.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(X.dtype)
     N, C = X.shape[:2]
     nd, K = X.dim() - 2, win.shape[-1]
     xf, yf = X.to(acc), Y.to(acc)

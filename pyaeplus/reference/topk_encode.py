@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from . import topk as _topk
-from .sparse_decode import _acc_dtype
+from .._amp import acc_dtype as _acc_dtype
 
 
 def pre_activation(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
