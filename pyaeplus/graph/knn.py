@@ -60,6 +60,7 @@ import torch
 
 from .. import config
 from .._validate import integer as _integer
+from ..runtime.files import atomic_write
 
 METRICS = ("l2", "cosine", "ip", "hellinger", "chi2", "w1")
 BACKENDS = ("auto", "faiss-gpu", "faiss", "triton", "torch")
@@ -121,10 +122,9 @@ class KnnGraph:
 
     def save(self, path) -> None:
         """Write the graph to ``path`` as an uncompressed ``.npz`` (indices, distances, metric)."""
-        path = pathlib.Path(path)
-        with open(path, "wb") as f:  # a file object: numpy would otherwise append ".npz"
-            np.savez(f, indices=self.indices.cpu().numpy(), distances=self.distances.cpu().numpy(),
-                     metric=np.array(self.metric))
+        # a file object: numpy would otherwise append ".npz"
+        atomic_write(path, lambda f: np.savez(f, indices=self.indices.cpu().numpy(),
+                                              distances=self.distances.cpu().numpy(), metric=np.array(self.metric)))
 
     @classmethod
     def load(cls, path) -> "KnnGraph":
