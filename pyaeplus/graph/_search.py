@@ -588,3 +588,16 @@ def exact_rows(rows: "_Rows", metric: str, q_raw: torch.Tensor, qidx: torch.Tens
         ed, ei = repair_rows(rows, metric, qidx[bad], q_raw[bad.to(dev)], k, kc, exclude_self, offset=offset)
         cd[bad], ci[bad] = ed.float(), ei
     return cd, ci, short
+
+
+def exact_search(rows: "_Rows", metric: str, chunks, k: int, kc: int, *, exclude_self: bool,
+                 index: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """:func:`exact_rows` over ``chunks`` (an iterable of ``(q_raw, qidx, cand_d, cand_i)``), the
+    results concatenated: ``(dist (m, k), idx (m, k), rows left short by the index)``."""
+    out_d, out_i, short = [], [], 0
+    for q_raw, qidx, cand_d, cand_i in chunks:
+        cd, ci, m = exact_rows(rows, metric, q_raw, qidx, cand_d, cand_i, k, kc, exclude_self=exclude_self, index=index)
+        out_d.append(cd)
+        out_i.append(ci)
+        short += m
+    return torch.cat(out_d), torch.cat(out_i), short

@@ -59,9 +59,9 @@ import torch
 from .._validate import integer as _integer
 from ..runtime.files import atomic_write
 from ._search import (BACKENDS, CHI2_RERANK, INDEXES, METRICS, TIE_MARGIN, _SEARCH_SPACE, _Rows,  # noqa: F401
-                      _check_names, _check_rows, _default_chunk, _merge, _progress, _validate_x,
-                      boundary_unproven, candidate_count, candidates, check_index_params, exact_rows,
-                      faiss_gpu_available, make_searcher, pair_distances, repair_rows, rerank, resolve_backend,
+                      _check_names, _check_rows, _default_chunk, _merge, _progress, _validate_x, boundary_unproven,
+                      candidate_count, candidates, check_index_params, exact_rows, exact_search, faiss_gpu_available,
+                      iter_chunks, make_searcher, pair_distances, repair_rows, rerank, resolve_backend,
                       search_transform, sort_candidates)
 
 # Database block of a memmap input, in bytes of float32 search-space rows.
@@ -203,18 +203,12 @@ def knn_graph(x, k: int, *, metric: str = "l2", backend: str = "auto", index: st
     run_d, run_i = _candidate_lists(rows, metric, backend, kc, index, params, chunk, progress, tf32)
 
     # Exact re-rank, proof and repair, query chunk by query chunk; rows come from x again.
-    out_d, out_i, short = [], [], 0
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        cd, ci, m = exact_rows(rows, metric, rows.get(s, e), torch.arange(s, e), run_d[s:e], run_i[s:e], k, kc,
-                               exclude_self=exclude_self, index=index)
-        out_d.append(cd)
-        out_i.append(ci)
-        short += m
+    chunks = ((rows.get(s, e), torch.arange(s, e), run_d[s:e], run_i[s:e]) for s, e in iter_chunks(n, chunk))
+    dist, idx, short = exact_search(rows, metric, chunks, k, kc, exclude_self=exclude_self, index=index)
     if short:
         warnings.warn(f"knn_graph: index={index!r} returned fewer than {k} neighbours for {short} "
                       "row(s); searched those rows exactly (raise nprobe / ef_search)", RuntimeWarning, stacklevel=2)
-    return KnnGraph(torch.cat(out_i), torch.cat(out_d), metric)
+    return KnnGraph(idx, dist, metric)
 
 
 def _candidate_lists(rows: _Rows, metric: str, backend: str, kc: int, index: str, params: dict, chunk: int,
@@ -330,20 +324,19 @@ class KnnIndex:
         kc = candidate_count(k, self.n, self.metric, False, self.index)
         searcher = self._searcher(kc)
         chunk = chunk_size or _default_chunk(self.backend)
-        dev = self._rows.device
-        out_d, out_i, short = [], [], 0
-        for s in range(0, q_rows.n, chunk):
-            raw = q_rows.get(s, min(q_rows.n, s + chunk)).to(dev, self._rows.dtype)
-            cand_d, cand_i = candidates(searcher, search_transform(self.metric, raw))
-            cd, ci, m = exact_rows(self._rows, self.metric, raw, torch.arange(raw.shape[0]), cand_d, cand_i, k, kc,
-                                   exclude_self=False, index=self.index)
-            out_d.append(cd)
-            out_i.append(ci)
-            short += m
+        dist, idx, short = exact_search(self._rows, self.metric, self._chunks(q_rows, searcher, chunk), k, kc,
+                                        exclude_self=False, index=self.index)
         if short:
             warnings.warn(f"KnnIndex: index={self.index!r} returned fewer than {k} neighbours for {short} query "
                           "row(s); searched those exactly (raise nprobe / ef_search)", RuntimeWarning, stacklevel=2)
-        return torch.cat(out_d), torch.cat(out_i)
+        return dist, idx
+
+    def _chunks(self, q_rows: _Rows, searcher: Callable, chunk: int):
+        """The query chunks with their candidates (see ``_search.exact_search``)."""
+        dev = self._rows.device
+        for s, e in iter_chunks(q_rows.n, chunk):
+            raw = q_rows.get(s, e).to(dev, self._rows.dtype)
+            yield (raw, torch.arange(e - s), *candidates(searcher, search_transform(self.metric, raw)))
 
 
 def knn_search(queries, database, k: int, *, metric: str = "l2", backend: str = "auto", index: str = "flat",
