@@ -15,26 +15,15 @@ from __future__ import annotations
 import torch
 
 from .._validate import integer
+from ..runtime import dist as rdist
 from ._search import (_SEARCH_SPACE, _Rows, _check_rows, _default_chunk, _progress, candidate_count, candidates,
                       exact_rows, make_searcher, resolve_backend, search_transform, sort_candidates)
 
 
-def _comm_device() -> torch.device:
-    import torch.distributed as dist
-
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _shard_sizes(rows: _Rows, cdev: torch.device) -> list[int]:
+def _shard_sizes(rows: _Rows) -> list[int]:
     """Every rank's row count (all-gathered), after checking that the shards agree on width and dtype."""
-    import torch.distributed as dist
-
-    meta = torch.tensor([rows.n, rows.d, int(rows.dtype == torch.float64)], dtype=torch.int64, device=cdev)
-    metas = [torch.empty_like(meta) for _ in range(dist.get_world_size())]
-    dist.all_gather(metas, meta)
-    metas = [m.cpu().tolist() for m in metas]
+    meta = torch.tensor([rows.n, rows.d, int(rows.dtype == torch.float64)], dtype=torch.int64)
+    metas = [m.tolist() for m in rdist.all_gather_tensor(meta)]
     if len({m[1] for m in metas}) != 1:
         raise ValueError(f"x must have the same number of columns on every rank, got {[m[1] for m in metas]}")
     if len({m[2] for m in metas}) != 1:
@@ -42,20 +31,13 @@ def _shard_sizes(rows: _Rows, cdev: torch.device) -> list[int]:
     return [m[0] for m in metas]
 
 
-def _merge_ranks(cd: torch.Tensor, ci: torch.Tensor, k: int, cdev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _merge_ranks(cd: torch.Tensor, ci: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's top-k list for the same queries (all-gathered) merged by (distance, index)."""
-    import torch.distributed as dist
-
     if cd.shape[1] < k:  # a shard with fewer than k rows
         pad = k - cd.shape[1]
         cd = torch.cat([cd, torch.full((cd.shape[0], pad), torch.inf)], 1)
         ci = torch.cat([ci, torch.full((ci.shape[0], pad), -1, dtype=torch.int64)], 1)
-    world = dist.get_world_size()
-    all_d = [torch.empty(cd.shape, device=cdev) for _ in range(world)]
-    all_i = [torch.empty(ci.shape, dtype=torch.int64, device=cdev) for _ in range(world)]
-    dist.all_gather(all_d, cd.to(cdev))
-    dist.all_gather(all_i, ci.to(cdev))
-    return sort_candidates(torch.cat([t.cpu() for t in all_d], 1), torch.cat([t.cpu() for t in all_i], 1), k)
+    return sort_candidates(torch.cat(rdist.all_gather_tensor(cd), 1), torch.cat(rdist.all_gather_tensor(ci), 1), k)
 
 
 def knn_graph_distributed(x, k, *, metric: str, backend: str, exclude_self: bool, chunk_size: int | None,
@@ -63,13 +45,13 @@ def knn_graph_distributed(x, k, *, metric: str, backend: str, exclude_self: bool
     """``(indices (N, k) int64, distances (N, k) float32)`` of the graph over all ranks' rows."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
+    if not rdist.initialized():
         raise RuntimeError("knn_graph(distributed=True) needs an initialized torch.distributed process group "
                            "(run under torchrun and call torch.distributed.init_process_group first)")
-    world, rank = dist.get_world_size(), dist.get_rank()
-    cdev = _comm_device()
+    rank, world = rdist.rank_world()
+    cdev = rdist.comm_device()
     rows = _Rows(x)
-    sizes = _shard_sizes(rows, cdev)
+    sizes = _shard_sizes(rows)
     offsets = [sum(sizes[:r]) for r in range(world)]
     n = sum(sizes)
     k = integer("k", k, lo=1, hi=n - 1 if exclude_self else n)
@@ -99,5 +81,5 @@ def knn_graph_distributed(x, k, *, metric: str, backend: str, exclude_self: bool
         cand_d, cand_i = candidates(searcher, search_transform(metric, q_raw), offset=off)
         cd, ci, _ = exact_rows(rows, metric, q_raw, qidx, cand_d, cand_i, k, kc_local, exclude_self=exclude_self,
                                index="flat", offset=off)
-        out_d[qidx], out_i[qidx] = _merge_ranks(cd, ci, k, cdev)
+        out_d[qidx], out_i[qidx] = _merge_ranks(cd, ci, k)
     return out_i, out_d

@@ -596,7 +596,8 @@ def exact_search(rows: "_Rows", metric: str, chunks, k: int, kc: int, *, exclude
     results concatenated: ``(dist (m, k), idx (m, k), rows left short by the index)``."""
     out_d, out_i, short = [], [], 0
     for q_raw, qidx, cand_d, cand_i in chunks:
-        cd, ci, m = exact_rows(rows, metric, q_raw, qidx, cand_d, cand_i, k, kc, exclude_self=exclude_self, index=index)
+        cd, ci, m = exact_rows(rows, metric, q_raw, qidx, cand_d, cand_i, k, kc, exclude_self=exclude_self,
+                               index=index)
         out_d.append(cd)
         out_i.append(ci)
         short += m

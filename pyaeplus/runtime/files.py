@@ -22,7 +22,8 @@ import shutil
 import socket
 from typing import IO, Callable, Iterator
 
-__all__ = ["temp_path", "atomic_write", "atomic_path", "restore_aside", "clean_stale_temps", "write_error", "write_npy", "write_rows", "file_digest", "file_sha256",
+__all__ = ["temp_path", "atomic_write", "atomic_path", "restore_aside", "clean_stale_temps", "write_error", "write_npy",
+           "write_rows", "file_digest", "file_sha256",
            "fsync_dir", "pid_alive"]
 
 _TAG = ".pyaeplus-tmp-"
