@@ -91,8 +91,3 @@ def loader(dataset, batches: list[torch.Tensor], *, num_workers: int = 0, pin: b
                                        shuffle=False, num_workers=num_workers, pin_memory=pin,
                                        persistent_workers=False, generator=torch.Generator(),
                                        prefetch_factor=prefetch_factor if num_workers else None)
-
-
-def row_ranges(lo: int, hi: int, size: int) -> list[torch.Tensor]:
-    """The rows ``[lo, hi)`` in consecutive batches of ``size`` (the last one shorter), as int64 ids."""
-    return [torch.arange(s, min(hi, s + size)) for s in range(lo, hi, size)]

@@ -15,7 +15,7 @@ import torch
 
 from .. import _sync
 from ..runtime import dist as rdist
-from ..runtime.batches import loader, row_ranges
+from ..runtime.batches import loader
 
 __all__ = ["Scorer", "InMemory"]
 
@@ -64,13 +64,14 @@ class Scorer:
     def run(self, ds, todo: list[tuple[int, int]], sink, progress: bool = False) -> int:
         """Score the chunks ``todo`` of ``ds`` into ``sink.record(cs, ce, scores, maps)``, in order; on
         any error ``sink.abort()`` is called before it propagates. Returns the rows scored."""
-        batches = [b for cs, ce in todo for b in row_ranges(cs, ce, self.batch_size)]
+        starts = [(s, min(ce, s + self.batch_size)) for cs, ce in todo for s in range(cs, ce, self.batch_size)]
+        batches = [torch.arange(s, e) for s, e in starts]  # host ints: nothing is read back from a tensor
         cuda = self.device.type == "cuda"
         batch_loader = loader(ds, batches, num_workers=self.num_workers, pin=cuda, inputs_only=True,
                               prefetch_factor=4)
         t0, rows = time.perf_counter(), 0
         try:
-            for (cs, ce), arr, marr in _score_batches(self, batch_loader, [int(b[0]) for b in batches], todo):
+            for (cs, ce), arr, marr in _score_batches(self, batch_loader, [s for s, _ in starts], todo):
                 rows += ce - cs
                 sink.record(cs, ce, arr, marr)
         except BaseException:

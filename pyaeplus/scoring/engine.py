@@ -285,8 +285,8 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
     chunk = -(-chunk // batch_size) * batch_size
 
     rank, world = rdist.rank_world()
-    per, lo, hi = rdist.shard(n, rank, world)
-    mine = _chunks(n, lo, hi, chunk)
+    _, lo, hi = rdist.shard(n, rank, world)
+    mine = _chunks(lo, hi, chunk)
     if p is None:
         sink = InMemory(maps, world)
     else:
@@ -302,11 +302,12 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
     scorer.run(ds, [c for c in mine if not (sink.finished or c in sink.done)], sink, progress)
     if p is None:
         return sink.result(mine)
-    every = [c for r in range(world) for c in _chunks(n, *rdist.shard(n, r, world)[1:], chunk)]
+    every = [c for r in range(world) for c in _chunks(*rdist.shard(n, r, world)[1:], chunk)]
     return sink.result(n, every)
 
 
-def _chunks(n: int, lo: int, hi: int, chunk: int) -> list[tuple[int, int]]:
+def _chunks(lo: int, hi: int, chunk: int) -> list[tuple[int, int]]:
+    """The rows [lo, hi) in chunks of ``chunk`` (the last one shorter)."""
     return [(s, min(hi, s + chunk)) for s in range(lo, hi, chunk)]
 
 
