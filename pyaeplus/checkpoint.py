@@ -29,7 +29,6 @@ import os
 import pathlib
 import random
 import re
-import shutil
 import warnings
 from typing import Any
 
@@ -38,8 +37,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .runtime import atomic_write, clean_stale_temps, file_sha256, fsync_dir, temp_path
-from .runtime.files import pid_alive, write_error
+from .runtime import atomic_write, clean_stale_temps, file_sha256
+from .runtime.files import atomic_path, restore_aside, write_error
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "latest_checkpoint", "best_checkpoint",
            "model_spec", "rng_state", "set_rng_state", "verify_checkpoint", "resume_point", "CorruptCheckpointError"]
@@ -63,20 +62,7 @@ def _clean_folder(folder: pathlib.Path) -> None:
     """Remove what killed saves left in ``folder``: temporary checkpoint folders and pointer files
     of writers that no longer run. A checkpoint moved aside to be replaced (``.<name>.old...``)
     whose replacement never arrived is moved back first."""
-    try:
-        olds = [d for d in folder.glob(".*.old.pyaeplus-tmp-*") if d.is_dir()]
-    except OSError:
-        return
-    for d in olds:
-        m = re.match(r"^\.(?P<name>.+)\.old\.pyaeplus-tmp-.+-(?P<pid>\d+)-[0-9a-f]{8}$", d.name)
-        if m is None or int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"])):
-            continue
-        src, dst = d / m["name"], folder / m["name"]
-        if not dst.exists() and (src / "config.json").exists():
-            try:
-                os.replace(src, dst)
-            except OSError:
-                continue
+    restore_aside(folder, lambda src: (src / "config.json").exists())
     clean_stale_temps(folder)
 
 
@@ -196,31 +182,24 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimize
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _clean_folder(path.parent)
-    tmp = temp_path(path)
-    tmp.mkdir()
     try:
-        _save_model(tmp, model)
-        _save_trainer(tmp, optimizer, scaler, rng)
-        config = {"format": FORMAT, "version": VERSION, "model": model_spec(model),
-                  "optimizer": None if optimizer is None else {
-                      "name": optimizer_name or type(optimizer).__name__.lower(),
-                      "lr": optimizer.param_groups[0]["lr"]},
-                  "files": {f: {"sha256": file_sha256(tmp / f), "bytes": (tmp / f).stat().st_size}
-                            for f in TENSOR_FILES},
-                  **(state or {})}
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _replace_folder(tmp, path)
-    except BaseException as e:
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            _save_model(tmp, model)
+            _save_trainer(tmp, optimizer, scaler, rng)
+            config = {"format": FORMAT, "version": VERSION, "model": model_spec(model),
+                      "optimizer": None if optimizer is None else {
+                          "name": optimizer_name or type(optimizer).__name__.lower(),
+                          "lr": optimizer.param_groups[0]["lr"]},
+                      "files": {f: {"sha256": file_sha256(tmp / f), "bytes": (tmp / f).stat().st_size}
+                                for f in TENSOR_FILES},
+                      **(state or {})}
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
+    except SafetensorError as e:
         err = _save_error(e, path)
         if err is not e:
             raise err from e
         raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -252,21 +231,6 @@ def _save_trainer(folder: pathlib.Path, optimizer, scaler, rng) -> None:
     meta["ranks"] = len(rng or [])
     save_file(tensors, str(folder / "trainer.safetensors"),
               metadata={"format": FORMAT, "version": str(VERSION), "trainer": json.dumps(meta, default=_json_default)})
-
-
-def _replace_folder(tmp: pathlib.Path, path: pathlib.Path) -> None:
-    """Rename the complete folder ``tmp`` onto ``path``. An existing ``path`` is moved aside first
-    (``os.replace`` cannot overwrite a non-empty folder); a kill in between leaves it in the aside
-    folder, from which the next save or load in this folder moves it back."""
-    if path.exists():
-        old = temp_path(path.with_name(path.name + ".old"))
-        old.mkdir()
-        os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def _read_config(path: pathlib.Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from .reference import sparse_decode as _ref_sparse_decode
 from .reference import ssim as _ref_ssim
 from .reference import topk as _ref_topk
 from .reference import topk_encode as _ref_topk_encode
+from .runtime.files import atomic_path
 
 __all__ = ["Scorer", "export_scorer", "load_scorer", "EXPORTABLE_SCORES"]
 
@@ -144,16 +145,11 @@ def export_scorer(model: torch.nn.Module, path: str | os.PathLike, *, score: str
     meta = {"pyaeplus.score": score, "pyaeplus.maps": str(bool(maps)), "pyaeplus.outputs":
             "scores,maps" if maps else "scores", "pyaeplus.model": str(getattr(model, "model_name", type(model).__name__)),
             "pyaeplus.sample_shape": json.dumps(list(ep.example_inputs[0][0].shape[1:]))}
-    tmp = p.with_name(f".{p.stem}.tmp{os.getpid()}{p.suffix}")
-    try:
+    with atomic_path(p) as tmp:
         if fmt == ".pt2":
             torch.export.save(ep, tmp, extra_files={"pyaeplus.json": json.dumps(meta)})
         else:
             _write_onnx(ep, tmp, maps, opset, meta)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return p
 
 

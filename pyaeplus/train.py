@@ -35,18 +35,17 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data._utils.collate import default_collate, default_convert
 
 from . import _sync
 from . import checkpoint as ckpt
 from ._validate import choice, integer, not_meta, number
 from .data.base import as_dataset
+from .runtime import dist as rdist
+from .runtime.batches import first, loader, read_batch
 from .runtime.devices import resolve_device
 
-__all__ = ["fit", "run", "FitResult", "OPTIMIZERS"]
+__all__ = ["fit", "run", "FitConfig", "FitResult", "OPTIMIZERS"]
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -79,30 +78,6 @@ class FitResult:
 
 # ---- batches -------------------------------------------------------------------------------
 
-class _Batches(Dataset):
-    """Item i is batch i, already collated: the DataLoader runs with ``batch_size=None`` so that
-    worker processes (``num_workers``) fetch whole batches, through ``get_batch`` when the
-    dataset has one."""
-
-    def __init__(self, dataset, batches: list[torch.Tensor]):
-        self.dataset, self.batches = dataset, batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int):
-        idx = self.batches[i]
-        if hasattr(self.dataset, "get_batch"):
-            return self.dataset.get_batch(idx)
-        return default_collate([self.dataset[int(j)] for j in idx])
-
-
-def _loader(dataset, batches, num_workers: int, pin: bool) -> DataLoader:
-    return DataLoader(_Batches(dataset, batches), batch_size=None, shuffle=False, num_workers=num_workers,
-                      pin_memory=pin, persistent_workers=False,
-                      generator=torch.Generator())  # own generator: the loader never draws from the global RNG
-
-
 def _to(batch, device: torch.device, pin: bool = False):
     if isinstance(batch, torch.Tensor):
         if pin and batch.device.type == "cpu":
@@ -112,14 +87,6 @@ def _to(batch, device: torch.device, pin: bool = False):
         return type(batch)(_to(b, device, pin) for b in batch)
     if isinstance(batch, dict):
         return {k: _to(v, device, pin) for k, v in batch.items()}
-    return batch
-
-
-def _first(batch) -> torch.Tensor:
-    if isinstance(batch, (list, tuple)):
-        return batch[0]
-    if isinstance(batch, dict):
-        return next(iter(batch.values()))
     return batch
 
 
@@ -191,25 +158,12 @@ class _LossModule(nn.Module):
 
 
 def _mse_loss(model: nn.Module, batch) -> dict[str, torch.Tensor]:
-    x = _first(batch)
+    x = first(batch)
     r = nn.functional.mse_loss(model(x).float(), x.float())
     return {"loss": r, "recon": r.detach()}
 
 
 # ---- distributed ---------------------------------------------------------------------------
-
-def _dist_setup(device: str | torch.device) -> tuple[int, int, bool]:
-    """(rank, world, we_initialized). Under torchrun (WORLD_SIZE > 1) the process group is
-    initialized here unless the caller did (NCCL for CUDA, gloo for CPU)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and "RANK" in os.environ and dist.is_available():
-        cuda = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        dist.init_process_group("nccl" if cuda else "gloo")
-        return dist.get_rank(), dist.get_world_size(), True
-    return 0, 1, False
-
 
 def _resolve_device(device, world: int) -> torch.device:
     if device == "auto":
@@ -219,17 +173,10 @@ def _resolve_device(device, world: int) -> torch.device:
     return resolve_device(device)
 
 
-def _allreduce_terms(sums: dict[str, float], count: float, world: int,
-                     device: torch.device | None = None) -> dict[str, float]:
+def _allreduce_terms(sums: dict[str, float], count: float, device: torch.device | None = None) -> dict[str, float]:
+    """The means of the terms over every rank's rows (one collective under DDP)."""
     keys = sorted(sums)
-    if world > 1:
-        # NCCL reduces device tensors only
-        t = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64,
-                         device=device if _nccl() else "cpu")
-        dist.all_reduce(t)
-        vals, count = t[:-1].tolist(), float(t[-1])
-    else:
-        vals = [sums[k] for k in keys]
+    *vals, count = rdist.all_reduce_sum([sums[k] for k in keys] + [count], device)
     return {k: v / max(count, 1.0) for k, v in zip(keys, vals)}
 
 
@@ -245,6 +192,81 @@ def _amp_dtype(amp, device: torch.device) -> torch.dtype | None:
 
 
 # ---- fit -----------------------------------------------------------------------------------
+
+_AMP = (True, False, None, "bf16", "bfloat16", "fp16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """The arguments of :func:`fit` (see there), checked once when the object is made: a bad value
+    raises ``ValueError``/``TypeError`` naming the argument before anything runs. ``fit`` builds it
+    from its keywords; the training loop reads nothing else."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    optimizer_kwargs: dict | None = None
+    weight_decay: float = 0.0
+    loss: Callable | None = None
+    amp: bool | str = True
+    device: str | torch.device = "auto"
+    seed: int = 0
+    checkpoint_dir: str | os.PathLike | None = None
+    resume: bool | str = False
+    log_dir: str | os.PathLike | None = None
+    progress: bool = True
+    patience: int | None = None
+    min_delta: float = 0.0
+    restore_best: bool = True
+    batch_sampler: Any = None
+    shuffle: bool = True
+    drop_last: bool = False
+    num_workers: int = 0
+    grad_clip: float | None = None
+    keep_checkpoints: int = 2
+    on_step: Callable[[int, Mapping[str, float]], None] | None = None
+    metadata: dict[str, Any] | None = None
+    log_every: int = 50
+    sync_debug: str | None = None
+
+    def __post_init__(self) -> None:
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        if self.loss is not None and not callable(self.loss):
+            raise TypeError(f"loss must be callable(model, batch), got {type(self.loss).__name__}")
+        for name in ("epochs", "batch_size"):
+            put(name, integer(name, getattr(self, name), lo=1))
+        put("lr", number("lr", self.lr, positive=True))
+        put("weight_decay", number("weight_decay", self.weight_decay, nonnegative=True))
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        put("optimizer_kwargs", dict(self.optimizer_kwargs or {}))
+        put("seed", integer("seed", self.seed, lo=0))
+        put("num_workers", integer("num_workers", self.num_workers, lo=0))
+        put("keep_checkpoints", integer("keep_checkpoints", self.keep_checkpoints, lo=1))
+        put("log_every", integer("log_every", self.log_every, lo=1))
+        choice("sync_debug", self.sync_debug, _sync.MODES)
+        if self.amp not in _AMP:
+            raise ValueError(f"amp must be True, False, 'bf16' or 'fp16', got {self.amp!r}")
+        if self.patience is not None:
+            put("patience", integer("patience", self.patience, lo=1))
+        put("min_delta", number("min_delta", self.min_delta, nonnegative=True))
+        if self.grad_clip is not None:
+            put("grad_clip", number("grad_clip", self.grad_clip, positive=True))
+        if self.resume not in (True, False, "fallback"):
+            raise ValueError(f"resume must be True, False or 'fallback', got {self.resume!r}")
+        if self.resume and self.checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir")
+        if self.checkpoint_dir is not None:
+            put("checkpoint_dir", pathlib.Path(self.checkpoint_dir))
+
+    def record(self, amp_dtype: torch.dtype | None) -> dict[str, Any]:
+        """The arguments a checkpoint records (``config.json`` ``training.fit``)."""
+        keys = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "seed", "shuffle", "drop_last")
+        return {**{k: getattr(self, k) for k in keys},
+                "amp": None if amp_dtype is None else str(amp_dtype).replace("torch.", ""), "grad_clip": self.grad_clip}
+
 
 def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
         optimizer: str = "adam", optimizer_kwargs: dict | None = None, weight_decay: float = 0.0,
@@ -320,70 +342,45 @@ def fit(model: nn.Module, train_data, *, epochs: int = 10, batch_size: int = 128
         FloatingPointError: the loss became NaN/Inf (epoch and step named; raised at the next log point,
             so the weights are those of up to ``log_every - 1`` steps later).
     """
+    args = dict(locals())  # the keywords, into FitConfig below (first line: nothing else is local yet)
+    del args["model"], args["train_data"], args["val_data"]
     # ---- arguments (all checked before anything runs) ----
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if loss is None and not hasattr(model, "loss"):
-        loss = _mse_loss
-    if loss is not None and not callable(loss):
-        raise TypeError(f"loss must be callable(model, batch), got {type(loss).__name__}")
-    epochs = integer("epochs", epochs, lo=1)
-    batch_size = integer("batch_size", batch_size, lo=1)
-    lr = number("lr", lr, positive=True)
-    weight_decay = number("weight_decay", weight_decay, nonnegative=True)
-    choice("optimizer", optimizer, OPTIMIZERS)
-    seed = integer("seed", seed, lo=0)
-    num_workers = integer("num_workers", num_workers, lo=0)
-    keep_checkpoints = integer("keep_checkpoints", keep_checkpoints, lo=1)
-    log_every = integer("log_every", log_every, lo=1)
-    choice("sync_debug", sync_debug, _sync.MODES)
-    if amp not in (True, False, None, "bf16", "bfloat16", "fp16", "float16"):
-        raise ValueError(f"amp must be True, False, 'bf16' or 'fp16', got {amp!r}")
-    if patience is not None:
-        patience = integer("patience", patience, lo=1)
-        if val_data is None:
-            raise ValueError("patience (early stopping) needs val_data")
-    min_delta = number("min_delta", min_delta, nonnegative=True)
-    if grad_clip is not None:
-        grad_clip = number("grad_clip", grad_clip, positive=True)
-    if resume not in (True, False, "fallback"):
-        raise ValueError(f"resume must be True, False or 'fallback', got {resume!r}")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir")
+        args["loss"] = _mse_loss
+    cfg = FitConfig(**args)
+    if cfg.patience is not None and val_data is None:
+        raise ValueError("patience (early stopping) needs val_data")
     _check_not_meta(model, train_data, val_data)
     train_ds = as_dataset(train_data)
     val_ds = as_dataset(val_data) if val_data is not None else None
-    n_train = len(train_ds)
-    if n_train == 0:
+    if len(train_ds) == 0:
         raise ValueError("train_data is empty")
     if val_ds is not None and len(val_ds) == 0:
         raise ValueError("val_data is empty")
+    _tensorboard(cfg.log_dir)
 
-    writer_cls = None
-    if log_dir is not None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter as writer_cls
-        except ImportError as e:
-            raise ModuleNotFoundError(
-                "log_dir needs TensorBoard: pip install tensorboard (or pass log_dir=None)") from e
-
-    rank, world, own_pg = _dist_setup(device)
+    rank, world, own_pg = rdist.setup(cfg.device)
     try:
-        dev = _resolve_device(device, world)
-        if world > 1 and batch_sampler is None and batch_size % world:
-            raise ValueError(f"batch_size ({batch_size}) must be divisible by the world size ({world})")
-        return _fit(model, train_ds, val_ds, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                    optimizer_kwargs=dict(optimizer_kwargs or {}), weight_decay=weight_decay, loss=loss,
-                    amp_dtype=_amp_dtype(amp, dev), device=dev, seed=seed, rank=rank, world=world,
-                    checkpoint_dir=None if checkpoint_dir is None else pathlib.Path(checkpoint_dir),
-                    resume=resume, writer_cls=writer_cls, log_dir=log_dir, progress=progress, patience=patience,
-                    min_delta=min_delta, restore_best=restore_best, batch_sampler=batch_sampler,
-                    shuffle=shuffle, drop_last=drop_last, num_workers=num_workers, grad_clip=grad_clip,
-                    keep_checkpoints=keep_checkpoints, on_step=on_step, metadata=metadata, log_every=log_every,
-                    sync_debug=sync_debug)
+        dev = _resolve_device(cfg.device, world)
+        if world > 1 and cfg.batch_sampler is None and cfg.batch_size % world:
+            raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by the world size ({world})")
+        return _fit(model, train_ds, val_ds, cfg, rank, world, dev)
     finally:
         if own_pg:
-            dist.destroy_process_group()
+            rdist.destroy()
+
+
+def _tensorboard(log_dir):
+    """TensorBoard's SummaryWriter class when ``log_dir`` is given (checked before training starts)."""
+    if log_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ModuleNotFoundError("log_dir needs TensorBoard: pip install tensorboard (or pass log_dir=None)") from e
+    return SummaryWriter
 
 
 def _check_not_meta(model: nn.Module, train_data, val_data) -> None:
@@ -400,20 +397,11 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
 
 
-def _gather_rng(world: int) -> list[dict[str, torch.Tensor]]:
-    mine = ckpt.rng_state()
-    if world == 1:
-        return [mine]
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, mine)
-    return out
-
-
-def _resume_from(start, model, opt, scaler, rank: int, world: int, epochs: int):
-    """(start_epoch, step, history, best_val, best_epoch, bad_epochs): from checkpoint ``start``
-    (verified by ``checkpoint.resume_point``), or a fresh run's when it is None."""
+def _resume_from(start, model, opt, scaler, rank: int, world: int, epochs: int) -> "_Progress":
+    """The progress saved in checkpoint ``start`` (verified by ``checkpoint.resume_point``; weights,
+    optimizer, scaler and RNG states loaded), or a fresh run's when it is None."""
     if start is None:
-        return 0, 0, [], math.inf, None, 0
+        return _Progress()
     cfg = ckpt.load_checkpoint(start, model, optimizer=opt, scaler=scaler, rank=rank, verify=False)
     tr = cfg.get("training")
     if not isinstance(tr, dict):
@@ -425,7 +413,8 @@ def _resume_from(start, model, opt, scaler, rank: int, world: int, epochs: int):
     best_val = math.inf if tr["best_val_loss"] is None else tr["best_val_loss"]
     # a run that had ended by early stopping has nothing left to do
     start_epoch = epochs if tr.get("stopped_early") else tr["epoch"] + 1
-    return start_epoch, tr["step"], tr["history"], best_val, tr["best_epoch"], tr["bad_epochs"]
+    return _Progress(start_epoch=start_epoch, step=tr["step"], history=tr["history"], best_val=best_val,
+                     best_epoch=tr["best_epoch"], bad_epochs=tr["bad_epochs"])
 
 
 @dataclasses.dataclass
@@ -490,85 +479,124 @@ def _model_hooks(model: nn.Module) -> dict[str, Callable[[], None] | None]:
     return hooks
 
 
-def _fit(model, train_ds, val_ds, *, epochs, batch_size, lr, optimizer, optimizer_kwargs, weight_decay, loss,
-         amp_dtype, device, seed, rank, world, checkpoint_dir, resume, writer_cls, log_dir, progress, patience,
-         min_delta, restore_best, batch_sampler, shuffle, drop_last, num_workers, grad_clip, keep_checkpoints,
-         on_step, metadata, log_every, sync_debug) -> FitResult:
-    model.to(device)
-    opt = _make_optimizer(optimizer, model, lr, weight_decay, optimizer_kwargs, device)
-    use_scaler = amp_dtype == torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler) if use_scaler else None
-    _seed_all(seed + rank)
+@dataclasses.dataclass
+class _Progress:
+    """Where a run stands: what a checkpoint saves and a resumed run continues from."""
 
-    start = ckpt.resume_point(checkpoint_dir, fallback=resume == "fallback") if resume else None
-    start_epoch, step, history, best_val, best_epoch, bad_epochs = _resume_from(start, model, opt, scaler, rank,
-                                                                                world, epochs)
+    start_epoch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best_val: float = math.inf
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    best_state: dict[str, torch.Tensor] | None = None
+    last_ckpt: pathlib.Path | None = None
 
-    net: nn.Module = _LossModule(model, loss)
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    lp = _Loop(model=model, net=net, opt=opt, scaler=scaler, device=device, amp_dtype=amp_dtype, rank=rank,
-               world=world, grad_clip=grad_clip, on_step=on_step, progress=progress, log_every=log_every,
-               writer=writer_cls(log_dir=str(log_dir)) if writer_cls is not None and rank == 0 else None,
-               num_workers=num_workers, guard=_sync.Guard(sync_debug, device), **_model_hooks(model))
-    best_state = None
-    if restore_best and val_ds is not None and checkpoint_dir is not None and best_epoch is not None:
-        best_state = _saved_best(checkpoint_dir, model)  # a resumed run keeps the best weights it had found
+    @property
+    def best_val_loss(self) -> float | None:
+        return None if self.best_val == math.inf else self.best_val
 
-    def hook_loader():
-        local = torch.tensor_split(torch.arange(len(train_ds)), world)[rank]
-        return _loader(train_ds, list(local.split(batch_size)), num_workers, lp.pin)
+    def training_state(self, epoch: int, world: int, cfg: FitConfig, amp_dtype) -> dict[str, Any]:
+        return {"epoch": epoch, "step": self.step, "history": self.history, "world_size": world,
+                "best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "stopped_early": self.stopped_early, "fit": cfg.record(amp_dtype)}
 
-    begin = getattr(model, "on_train_begin", None)
-    if callable(begin) and start_epoch < epochs:
-        begin(hook_loader())  # models guard against re-initialising (Deep SVDD keeps a set centre)
 
-    last_ckpt = start if start is not None else (
-        ckpt.latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None)
-    stopped_early = False
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        batches = _shard(_global_batches(len(train_ds), batch_size, seed, epoch, shuffle, drop_last, batch_sampler),
-                         rank, world)
-        train_terms, step = _train_epoch(lp, train_ds, batches, epoch, epochs, step)
-        hook = getattr(model, "on_epoch_end", None)
-        if callable(hook):
-            hook(epoch, hook_loader())
-        val_terms = _evaluate(lp, val_ds, batch_size) if val_ds is not None else None
-        history.append({"epoch": epoch, "step": step, "train": train_terms, "val": val_terms})
-
-        improved = False
-        if val_terms is not None:
-            if val_terms["loss"] < best_val - min_delta:
-                best_val, best_epoch, bad_epochs, improved = val_terms["loss"], epoch, 0, True
-                if restore_best:
-                    best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-            else:
-                bad_epochs += 1
-            if patience is not None and bad_epochs >= patience:
-                stopped_early = epoch + 1 < epochs
-        _log_epoch(lp, epoch, epochs, train_terms, val_terms, val_ds if val_ds is not None else train_ds)
-        if checkpoint_dir is not None:
-            state = {"training": {
-                "epoch": epoch, "step": step, "history": history, "world_size": world,
-                "best_val_loss": None if best_val == math.inf else best_val, "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs, "stopped_early": stopped_early,
-                "fit": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-                        "weight_decay": weight_decay, "seed": seed, "shuffle": shuffle, "drop_last": drop_last,
-                        "amp": None if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
-                        "grad_clip": grad_clip}},
-                "metadata": metadata}
-            last_ckpt = _save_epoch(lp, checkpoint_dir, epoch, optimizer, state, improved, keep_checkpoints) or last_ckpt
-        if stopped_early:
+def _fit(model: nn.Module, train_ds, val_ds, cfg: FitConfig, rank: int, world: int, device: torch.device) -> FitResult:
+    """The loop: set up (or resume), then per epoch train, evaluate, early-stop, checkpoint."""
+    lp, st = _setup(model, val_ds, cfg, rank, world, device)
+    if st.start_epoch < cfg.epochs:
+        _call_hook(model, "on_train_begin", lambda: _hook_loader(lp, train_ds, cfg))
+    for epoch in range(st.start_epoch, cfg.epochs):
+        train_terms = _epoch(lp, train_ds, cfg, st, epoch)
+        val_terms = _evaluate(lp, val_ds, cfg.batch_size) if val_ds is not None else None
+        st.history.append({"epoch": epoch, "step": st.step, "train": train_terms, "val": val_terms})
+        improved = _early_stopping(st, cfg, model, epoch, val_terms)
+        _log_epoch(lp, epoch, cfg.epochs, train_terms, val_terms, val_ds if val_ds is not None else train_ds)
+        if cfg.checkpoint_dir is not None:
+            st.last_ckpt = _checkpoint(lp, cfg, st, epoch, improved) or st.last_ckpt
+        if st.stopped_early:
             break
-
     if lp.writer is not None:
         lp.writer.close()
-    if restore_best and best_state is not None:
-        model.load_state_dict(best_state)
-    return FitResult(model=model, history=history, best_epoch=best_epoch,
-                     best_val_loss=None if best_val == math.inf else best_val, stopped_early=stopped_early,
-                     checkpoint=last_ckpt)
+    if cfg.restore_best and st.best_state is not None:
+        model.load_state_dict(st.best_state)
+    return FitResult(model=model, history=st.history, best_epoch=st.best_epoch, best_val_loss=st.best_val_loss,
+                     stopped_early=st.stopped_early, checkpoint=st.last_ckpt)
+
+
+def _setup(model: nn.Module, val_ds, cfg: FitConfig, rank: int, world: int, device: torch.device):
+    """(the step loop's context, the run's progress): the optimizer, the scaler, the seeds, the
+    checkpoint to resume from (weights, optimizer, RNG states, progress), then the DDP wrapper."""
+    model.to(device)
+    opt = _make_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay, cfg.optimizer_kwargs, device)
+    amp_dtype = _amp_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=True) if amp_dtype == torch.float16 else None
+    _seed_all(cfg.seed + rank)
+    start = ckpt.resume_point(cfg.checkpoint_dir, fallback=cfg.resume == "fallback") if cfg.resume else None
+    st = _resume_from(start, model, opt, scaler, rank, world, cfg.epochs)
+    st.last_ckpt = start if start is not None else (
+        ckpt.latest_checkpoint(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None else None)
+    if cfg.restore_best and val_ds is not None and cfg.checkpoint_dir is not None and st.best_epoch is not None:
+        st.best_state = _saved_best(cfg.checkpoint_dir, model)  # a resumed run keeps the best weights it had found
+
+    net: nn.Module = _LossModule(model, cfg.loss)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    writer_cls = _tensorboard(cfg.log_dir)
+    lp = _Loop(model=model, net=net, opt=opt, scaler=scaler, device=device, amp_dtype=amp_dtype, rank=rank,
+               world=world, grad_clip=cfg.grad_clip, on_step=cfg.on_step, progress=cfg.progress,
+               log_every=cfg.log_every, num_workers=cfg.num_workers, guard=_sync.Guard(cfg.sync_debug, device),
+               writer=writer_cls(log_dir=str(cfg.log_dir)) if writer_cls is not None and rank == 0 else None,
+               **_model_hooks(model))
+    return lp, st
+
+
+def _call_hook(model: nn.Module, name: str, *args) -> None:
+    """``model.<name>(*args)`` when the model has that hook; a callable argument is called first
+    (so that a model without the hook costs no loader)."""
+    hook = getattr(model, name, None)
+    if callable(hook):
+        hook(*(a() if callable(a) else a for a in args))  # models guard against re-initialising
+
+
+def _hook_loader(lp: _Loop, train_ds, cfg: FitConfig):
+    """What the model hooks iterate: this rank's shard of the training set, unshuffled, on the CPU."""
+    local = rdist.local_rows(len(train_ds), lp.rank, lp.world)
+    return loader(train_ds, list(local.split(cfg.batch_size)), num_workers=cfg.num_workers, pin=lp.pin)
+
+
+def _epoch(lp: _Loop, train_ds, cfg: FitConfig, st: _Progress, epoch: int) -> dict[str, float]:
+    """One training epoch (this rank's part of each global batch) and the ``on_epoch_end`` hook."""
+    lp.model.train()
+    batches = _shard(_global_batches(len(train_ds), cfg.batch_size, cfg.seed, epoch, cfg.shuffle, cfg.drop_last,
+                                     cfg.batch_sampler), lp.rank, lp.world)
+    terms, st.step = _train_epoch(lp, train_ds, batches, epoch, cfg.epochs, st.step)
+    _call_hook(lp.model, "on_epoch_end", epoch, lambda: _hook_loader(lp, train_ds, cfg))
+    return terms
+
+
+def _early_stopping(st: _Progress, cfg: FitConfig, model: nn.Module, epoch: int, val_terms: dict | None) -> bool:
+    """Track the best validation loss (and its weights with ``restore_best``); set ``stopped_early``
+    after ``patience`` epochs without an improvement. Returns whether this epoch improved."""
+    if val_terms is None:
+        return False
+    improved = val_terms["loss"] < st.best_val - cfg.min_delta
+    if improved:
+        st.best_val, st.best_epoch, st.bad_epochs = val_terms["loss"], epoch, 0
+        if cfg.restore_best:
+            st.best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+    else:
+        st.bad_epochs += 1
+    if cfg.patience is not None and st.bad_epochs >= cfg.patience:
+        st.stopped_early = epoch + 1 < cfg.epochs
+    return improved
+
+
+def _checkpoint(lp: _Loop, cfg: FitConfig, st: _Progress, epoch: int, improved: bool) -> pathlib.Path | None:
+    state = {"training": st.training_state(epoch, lp.world, cfg, lp.amp_dtype), "metadata": cfg.metadata}
+    return _save_epoch(lp, cfg.checkpoint_dir, epoch, cfg.optimizer, state, improved, cfg.keep_checkpoints)
 
 
 def _saved_best(checkpoint_dir: pathlib.Path, model: nn.Module) -> dict[str, torch.Tensor] | None:
@@ -585,7 +613,7 @@ def _saved_best(checkpoint_dir: pathlib.Path, model: nn.Module) -> dict[str, tor
 def _save_epoch(lp: _Loop, checkpoint_dir: pathlib.Path, epoch: int, optimizer: str, state: dict, improved: bool,
                 keep: int) -> pathlib.Path | None:
     """Rank 0 writes ``epoch-NNNN/`` and moves the pointers; every rank takes part in the RNG gather."""
-    rng = _gather_rng(lp.world)  # collective: every rank takes part
+    rng = rdist.all_gather_object(ckpt.rng_state(), lp.world)  # collective: every rank takes part
     path = None
     if lp.rank == 0:
         path = ckpt.save_checkpoint(checkpoint_dir / f"epoch-{epoch + 1:04d}", lp.model, optimizer=lp.opt,
@@ -594,8 +622,7 @@ def _save_epoch(lp: _Loop, checkpoint_dir: pathlib.Path, epoch: int, optimizer: 
         if improved:
             ckpt.point(checkpoint_dir, "BEST", path)
         _prune(checkpoint_dir, keep)
-    if lp.world > 1:
-        dist.barrier()
+    rdist.barrier()
     return path
 
 
@@ -710,23 +737,13 @@ def _iter_batches(ds, batches: list[torch.Tensor], lp: _Loop):
     non-blocking copies (a copy from pageable memory would wait for the device). A DataLoader's
     iterator is created here, before the steps (it draws its base seed with ``.item()``)."""
     if lp.num_workers > 0:
-        source = iter(_loader(ds, batches, lp.num_workers, lp.pin))  # the loader pins
+        source = iter(loader(ds, batches, num_workers=lp.num_workers, pin=lp.pin))  # the loader pins
     else:
-        source = (_read_batch(ds, idx) for idx in batches)
+        source = (read_batch(ds, idx) for idx in batches)
     if lp.device.type == "cpu":
         return source
     pin = lp.pin and lp.num_workers == 0
     return (_to(b, lp.device, pin) for b in source)
-
-
-def _read_batch(ds, idx: torch.Tensor):
-    if hasattr(ds, "get_batch"):
-        b = ds.get_batch(idx)
-        if isinstance(b, torch.Tensor) or (isinstance(b, (tuple, list)) and
-                                           all(isinstance(e, torch.Tensor) for e in b)):
-            return b
-        return default_convert(b)  # what the DataLoader would have done
-    return default_collate([ds[int(j)] for j in idx])
 
 
 def _step(lp: _Loop, batch, n_local: int, n_global: int) -> dict:
@@ -784,7 +801,7 @@ def _train_epoch(lp: _Loop, ds, batches: list[tuple[torch.Tensor, int]], epoch: 
                         _read_log(lp, log, bar)
     finally:
         bar.close()
-    return _allreduce_terms(log.sums, log.count, lp.world, lp.device), step + len(batches)
+    return _allreduce_terms(log.sums, log.count, lp.device), step + len(batches)
 
 
 def _read_log(lp: _Loop, log: _TermLog, bar) -> None:
@@ -795,10 +812,8 @@ def _read_log(lp: _Loop, log: _TermLog, bar) -> None:
         log.read(lp.writer)
     except FloatingPointError as e:
         err = e
-    if lp.world > 1:
-        flag = torch.tensor([0.0 if err is None else 1.0], device=lp.device if _nccl() else "cpu")
-        dist.all_reduce(flag)
-        if err is None and flag.item() > 0:
+    if lp.world > 1 and rdist.any_rank(err is not None, lp.device):
+        if err is None:
             err = FloatingPointError(f"the loss became non-finite on another rank at epoch {log.epoch} "
                                      f"(by step {log.step + log.done + log.pending})")
     if err is not None:
@@ -807,18 +822,13 @@ def _read_log(lp: _Loop, log: _TermLog, bar) -> None:
         bar.set_postfix({k: f"{v:.4g}" for k, v in log.means().items()}, refresh=False)
 
 
-def _nccl() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl"
-
-
 @torch.no_grad()
 def _evaluate(lp: _Loop, ds, batch_size: int) -> dict[str, float]:
     """Mean terms over ``ds`` (this rank's shard, then all-reduced), read from the device once."""
     inner = lp.net.module if isinstance(lp.net, nn.parallel.DistributedDataParallel) else lp.net
     was = inner.model.training
     inner.model.eval()
-    local = torch.tensor_split(torch.arange(len(ds)), lp.world)[lp.rank]
-    batches = list(local.split(batch_size))
+    batches = list(rdist.local_rows(len(ds), lp.rank, lp.world).split(batch_size))
     log = _TermLog(-1, 0, len(batches), check=False)
     try:
         for idx, batch in zip(batches, _iter_batches(ds, batches, lp)):
@@ -827,15 +837,14 @@ def _evaluate(lp: _Loop, ds, batch_size: int) -> dict[str, float]:
         log.read()
     finally:
         inner.model.train(was)
-    return _allreduce_terms(log.sums, log.count, lp.world, lp.device)
+    return _allreduce_terms(log.sums, log.count, lp.device)
 
 
 @torch.no_grad()
 def _log_images(writer, model, ds, device, epoch: int, n: int = 8) -> None:
     """Inputs (top row) and reconstructions (bottom row) of the first ``n`` samples, for image data."""
     idx = torch.arange(min(n, len(ds)))
-    batch = ds.get_batch(idx) if hasattr(ds, "get_batch") else default_collate([ds[int(i)] for i in idx])
-    x = _first(batch).to(device)
+    x = first(read_batch(ds, idx)).to(device)
     if x.dim() != 4 or x.shape[1] not in (1, 3):
         return
     was = model.training
@@ -861,10 +870,12 @@ def _prune(run_dir: pathlib.Path, keep: int) -> None:
 
 # ---- config-driven runs (``pyaeplus train``) ----------------------------------------------
 
-RUN_KEYS = ("model", "model_config", "data", "data_options", "split", "val_data", "val_split", "normalize",
-            "graph", "epochs", "batch_size", "lr", "optimizer", "optimizer_kwargs", "weight_decay", "amp", "device", "seed",
-            "checkpoint_dir", "resume", "log_dir", "progress", "patience", "min_delta", "num_workers", "grad_clip",
-            "keep_checkpoints", "shuffle", "drop_last")
+# ``run``'s own keys, then the ``fit`` arguments a JSON config may carry (FitConfig's fields but the
+# callables, objects and loop internals).
+_RUN_ONLY = ("model", "model_config", "data", "data_options", "split", "val_data", "val_split", "normalize", "graph")
+_NOT_IN_RUN = ("loss", "on_step", "batch_sampler", "metadata", "restore_best", "log_every", "sync_debug")
+RUN_FIT_KEYS = tuple(f.name for f in dataclasses.fields(FitConfig) if f.name not in _NOT_IN_RUN)
+RUN_KEYS = _RUN_ONLY + RUN_FIT_KEYS
 
 
 def _zoo():
@@ -939,7 +950,7 @@ def run(config: dict[str, Any]) -> FitResult:
     sample = train_ds[0][0]
     cls = models.MODELS[config["model"]]
     model = cls(**_infer_model_config(cls, config.get("model_config") or {}, tuple(sample.shape)))
-    kw = {k: config[k] for k in RUN_KEYS[9:] if k in config}
+    kw = {k: config[k] for k in RUN_FIT_KEYS if k in config}
     meta = {"run": config, "normalization": _describe_transform(getattr(train_ds, "transform", None))}
     if config["model"] == "laplacian":
         # The regularizer needs a graph over the training rows and batches that hold its edges.

@@ -3,11 +3,12 @@ curves, anomaly-map overlays and training curves. Every function writes a PNG an
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import numpy as np
 import torch
+
+from .runtime.files import atomic_path
 
 
 def _plt():
@@ -39,10 +40,11 @@ def _out(path) -> pathlib.Path:
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:
     plt = _plt()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)  # never a half-written PNG under the final name
+    try:
+        with atomic_path(path) as tmp:  # never a half-written PNG under the final name
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or None)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -449,7 +449,7 @@ def fit_ref(tmp_path_factory):
 def _fit_child(run_dir, fault):
     torch.set_num_threads(1)
     if fault == "before_rename":      # epoch 2's folder complete under its temporary name
-        _kill_after(ckpt, "_replace_folder", 2, before=True)
+        _kill_after(rfiles, "_replace_folder", 2, before=True)
     elif fault == "mid_save":         # epoch 2's model file written, not its trainer file
         _kill_after(ckpt, "_save_trainer", 2, before=True)
     elif fault == "before_pointer":   # epoch 2 in place, LATEST still on epoch 1
@@ -494,7 +494,7 @@ def _aside_child(path):
         os.replace(dst, old / dst.name)
         _die()
 
-    ckpt._replace_folder = replace_folder
+    rfiles._replace_folder = replace_folder
     ckpt.save_checkpoint(path, models.build("dense", in_features=4, hidden=[3], latent=2))
 
 

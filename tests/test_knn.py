@@ -317,6 +317,26 @@ def test_auto_resolution_on_cpu():
     assert knn_mod.resolve_backend("auto", torch.device("cpu"), "l2", "flat") == expected
 
 
+def test_auto_follows_the_op_backend():
+    # backend="auto" follows pyaeplus.backends: "torch" -> the torch brute force (the reference),
+    # "cpu" -> faiss-cpu (the compiled CPU path), a CUDA-only setting refuses CPU tensors as the ops do.
+    pytest.importorskip("faiss")
+    cpu = torch.device("cpu")
+    x = torch.randn(97, 5, generator=torch.Generator().manual_seed(4))
+    with pyaeplus.backends.use("torch"):
+        assert knn_mod.resolve_backend("auto", cpu, "l2", "flat") == "torch"
+        assert knn_mod.resolve_backend("faiss", cpu, "l2", "flat") == "faiss"  # an explicit backend wins
+        g = knn_graph(x, 4, progress=False)
+    ref = knn_graph(x, 4, backend="torch", progress=False)
+    assert torch.equal(g.indices, ref.indices) and torch.equal(g.distances, ref.distances)
+    with pyaeplus.backends.use("cpu"):
+        assert knn_mod.resolve_backend("auto", cpu, "l2", "flat") == "faiss"
+    with pyaeplus.backends.use("triton"), pytest.raises(RuntimeError, match="CUDA tensors only"):
+        knn_mod.resolve_backend("auto", cpu, "l2", "flat")
+    with pyaeplus.backends.use("torch"):  # approximate indexes are FAISS indexes whatever the setting
+        assert knn_mod.resolve_backend("auto", cpu, "l2", "hnsw") == "faiss"
+
+
 def test_distributed_needs_process_group():
     import torch.distributed as dist
 

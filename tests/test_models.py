@@ -832,3 +832,27 @@ def test_loss_under_autocast(name):
     torch.manual_seed(7)
     ref = float(model.loss(x)["loss"].detach())
     assert abs(float(out["loss"].detach()) - ref) <= 0.05 * abs(ref) + 1e-3
+
+
+def test_wrappers_forward_shapes_latent_and_hooks_of_the_wrapped_model():
+    # WrapperAE: the wrapped model's image shape, latent width (dense_latent of top-k codes, which
+    # score="latent_knn" needs) and training hooks are the wrapper's; a hook the wrapped model lacks
+    # stays missing (fit looks hooks up with getattr: nothing to call per run).
+    conv = M.ConvAE(1, [4, 8], 6, input_shape=(12, 12))
+    sparse = M.SparseAE(144, 48, k=6, input_shape=(1, 12, 12))
+    svdd = M.DeepSVDD((144,), arch="dense", hidden=[32], rep_dim=8, objective="soft-boundary")
+    for w in (M.DenoisingAE(conv), M.LaplacianAE(conv), M.DeepOCSVM(conv)):
+        assert isinstance(w, M.WrapperAE) and w.image_shape == (1, 12, 12) and w.feature_shape == conv.feature_shape
+        assert getattr(w, "on_epoch_end", None) is None
+    d = M.DenoisingAE(sparse)
+    assert d.latent == 48
+    x = torch.rand(5, 144)
+    assert M.base.dense_latent(d, d.encode(x)).shape == (5, 48)
+    d = M.DenoisingAE(svdd)
+    assert d.on_train_begin.__self__ is svdd and d.on_epoch_end.__self__ is svdd
+    with pytest.raises(AttributeError):
+        d.no_such_attribute  # noqa: B018
+    # a wrapper with its own hook still runs the wrapped model's (Deep SVDD sets its centre)
+    oc = M.DeepOCSVM(svdd)
+    oc.on_train_begin([x])
+    assert bool((svdd.c != 0).any()) and float(oc.gamma) > 0

@@ -467,3 +467,27 @@ def test_cuda_amp_trains_and_resumes_exactly(tmp_path, amp):
     resumed = _model(seed=9)
     fit(resumed, x, epochs=3, checkpoint_dir=tmp_path, resume=True, **kw)
     assert _same(straight, resumed)  # GradScaler state and CUDA RNG come back too
+
+
+def test_fit_config_checks_once_and_is_frozen():
+    import dataclasses
+
+    from pyaeplus import train
+
+    cfg = train.FitConfig(epochs=3, checkpoint_dir="runs/a", optimizer_kwargs={"betas": (0.8, 0.9)})
+    assert cfg.checkpoint_dir == pathlib.Path("runs/a") and cfg.optimizer_kwargs == {"betas": (0.8, 0.9)}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.epochs = 4
+    for kw, match in [({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"amp": "fp8"}, "amp"),
+                      ({"resume": True}, "checkpoint_dir"), ({"optimizer": "lamb"}, "optimizer"),
+                      ({"loss": 3}, "loss")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            train.FitConfig(**kw)
+    # fit's keywords are exactly FitConfig's fields, and run() accepts the JSON-able ones
+    import inspect
+
+    fit_kw = [p for p in inspect.signature(train.fit).parameters if p not in ("model", "train_data", "val_data")]
+    assert fit_kw == [f.name for f in dataclasses.fields(train.FitConfig)]
+    assert set(train.RUN_FIT_KEYS) < set(fit_kw) and "on_step" not in train.RUN_KEYS
+    assert train.RUN_KEYS[:9] == ("model", "model_config", "data", "data_options", "split", "val_data", "val_split",
+                                  "normalize", "graph")

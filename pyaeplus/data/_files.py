@@ -6,11 +6,25 @@ import hashlib
 import os
 import pathlib
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 
-from ..runtime.files import file_digest
+from ..runtime.files import atomic_path, file_digest
+
+
+class _Failed(Exception):
+    """One mirror did not deliver the file (unreachable, cut off, or a wrong MD5)."""
+
+
+def _fetch(url: str, tmp: pathlib.Path, md5: str, timeout: float) -> None:
+    try:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
+            shutil.copyfileobj(r, out, 1 << 20)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise _Failed(f"{url}: {e}") from e
+    got = md5sum(tmp)
+    if got != md5:
+        raise _Failed(f"{url}: MD5 {got} != published {md5}")
 
 
 def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -32,19 +46,10 @@ def download(urls: list[str], dest: pathlib.Path, md5: str, *, timeout: float = 
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for url in urls:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
-                shutil.copyfileobj(r, out, 1 << 20)
-            got = md5sum(tmp)
-            if got != md5:
-                errors.append(f"{url}: MD5 {got} != published {md5}")
-                continue
-            os.replace(tmp, dest)
+            with atomic_path(dest) as tmp:
+                _fetch(url, tmp, md5, timeout)
             return dest
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            errors.append(f"{url}: {e}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        except _Failed as e:
+            errors.append(str(e))
     raise RuntimeError(f"could not download {dest.name}:\n  " + "\n  ".join(errors))

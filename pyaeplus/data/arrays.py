@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..runtime.files import atomic_path
+
 __all__ = ["MemmapDataset", "write_npy"]
 
 
@@ -114,9 +116,8 @@ def write_npy(path: str | os.PathLike, chunks, *, shape: Sequence[int], dtype) -
         The path written.
     """
     path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))
-    try:
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))
         pos = 0
         for c in chunks:
             c = c.detach().cpu().numpy() if isinstance(c, torch.Tensor) else np.asarray(c)
@@ -128,8 +129,4 @@ def write_npy(path: str | os.PathLike, chunks, *, shape: Sequence[int], dtype) -
             raise ValueError(f"chunks hold {pos} rows, shape[0] is {shape[0]}")
         out.flush()
         del out
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..runtime.batches import first, read_rows
+
 __all__ = ["ArrayDataset", "WithIndex", "as_dataset"]
 
 
@@ -115,19 +117,11 @@ class WithIndex(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        item = self.dataset[i]
-        x = item[0] if isinstance(item, (tuple, list)) else item
-        return x, torch.tensor(int(i), dtype=torch.int64)
+        return first(self.dataset[i]), torch.tensor(int(i), dtype=torch.int64)
 
     def get_batch(self, indices):
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        if hasattr(self.dataset, "get_batch"):
-            b = self.dataset.get_batch(idx)
-            x = b[0] if isinstance(b, (tuple, list)) else b
-        else:
-            items = [self.dataset[int(i)] for i in idx]
-            x = torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
-        return x, idx
+        return read_rows(self.dataset, idx), idx
 
 
 def as_dataset(data):

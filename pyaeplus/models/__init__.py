@@ -44,7 +44,8 @@ from .svdd import DeepSVDD, DeepSVDDAutoEncoder
 from .ocsvm import DeepOCSVM
 from .sparse import SparseAE
 from .laplacian import IndexedDataset, LaplacianAE
+from .wrapper import WrapperAE
 
 __all__ = ["MODELS", "RECON_LOSSES", "AutoEncoder", "build", "register", "DenseAE", "ConvAE", "DenoisingAE",
            "ContractiveAE", "VAE", "DeepSVDD", "DeepSVDDAutoEncoder", "DeepOCSVM", "SparseAE", "LaplacianAE",
-           "IndexedDataset"]
+           "IndexedDataset", "WrapperAE"]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _validate
+from ..runtime.batches import split_batch  # noqa: F401 (models import it from here)
 
 MODELS: dict[str, type["AutoEncoder"]] = {}
 
@@ -75,20 +76,6 @@ def int_list(name: str, v, *, lo: int = 1, allow_empty: bool = True) -> list[int
     if not allow_empty and not out:
         raise ValueError(f"{name} must not be empty")
     return out
-
-
-def split_batch(batch) -> tuple[torch.Tensor, Any]:
-    """``batch`` may be a tensor, or a tuple/list whose first element is the input (the rest:
-    labels or node indices), or a dict with key ``"x"``. Returns (x, second element or None)."""
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    if isinstance(batch, dict):
-        if "x" not in batch:
-            raise ValueError(f"batch dict must have key 'x', got keys {sorted(batch)}")
-        return batch["x"], batch.get("idx", batch.get("y"))
-    if isinstance(batch, (tuple, list)) and batch:
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    raise TypeError(f"batch must be a tensor, a non-empty (x, ...) tuple/list or a dict, got {type(batch).__name__}")
 
 
 def check_input(name: str, x, feature_shape: tuple[int, ...]) -> torch.Tensor:

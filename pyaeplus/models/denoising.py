@@ -7,13 +7,14 @@ from typing import Any
 import torch
 
 from .. import _validate
-from .base import AutoEncoder, as_model, register
+from .base import register
+from .wrapper import WrapperAE
 
 NOISES = ("gaussian", "masking", "salt_pepper")
 
 
 @register("denoising")
-class DenoisingAE(AutoEncoder):
+class DenoisingAE(WrapperAE):
     """Wraps an autoencoder so that training corrupts its inputs and the loss compares the
     reconstruction of the corrupted input with the clean one (Vincent et al. 2008). Noise is
     applied in ``loss`` only while the module is in training mode; ``forward``, ``encode`` and
@@ -35,8 +36,7 @@ class DenoisingAE(AutoEncoder):
 
     def __init__(self, base: Any, *, noise: str = "gaussian", std: float = 0.1, p: float = 0.25,
                  clip: tuple[float, float] | None = None):
-        super().__init__()
-        self.base, desc = as_model("base", base)
+        super().__init__(base)
         _validate.choice("noise", noise, NOISES)
         self.std = _validate.number("std", std, nonnegative=True)
         self.p = _validate.number("p", p, nonnegative=True)
@@ -50,8 +50,7 @@ class DenoisingAE(AutoEncoder):
                 raise ValueError(f"clip must have low < high, got {clip!r}")
             clip = (lo, hi)
         self.noise, self.clip = noise, clip
-        self._config = dict(base=desc, noise=noise, std=self.std, p=self.p, clip=None if clip is None else list(clip))
-        self.feature_shape, self.recon_loss = self.base.feature_shape, self.base.recon_loss
+        self._config = dict(base=self._base_desc, noise=noise, std=self.std, p=self.p, clip=None if clip is None else list(clip))
 
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
         """A corrupted copy of x (same shape), whatever the training mode."""
@@ -65,36 +64,11 @@ class DenoisingAE(AutoEncoder):
             y = torch.where(u < self.p / 2, torch.full_like(x, lo), torch.where(u < self.p, torch.full_like(x, hi), x))
         return y if self.clip is None else y.clamp(*self.clip)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The wrapped model's latents of x."""
-        return self.base.encode(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The wrapped model's reconstruction from latents."""
-        return self.base.decode(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction of the (clean) x."""
-        return self.base(x)
-
-    def loss(self, batch) -> dict[str, torch.Tensor]:
-        """Reconstruction of the corrupted input (training mode) against the clean input.
-
-        Returns:
-            dict with ``"loss"`` and ``"recon"`` (scalars).
-        """
-        x, _ = self.base._input(batch)
-        return self.loss_terms(x)[0]
-
     def loss_terms(self, x: torch.Tensor):
-        """(loss dict, latents of the corrupted input)."""
+        """The reconstruction of the corrupted input (training mode) against the clean input: (dict with
+        ``"loss"`` and ``"recon"`` (scalars), latents of the corrupted input)."""
         xin = self.corrupt(x) if self.training else x
         z = self.base.encode(xin)
         _, err = self.base._recon_terms(x, z)
         recon = err.mean()
         return {"loss": recon, "recon": recon.detach()}, z
-
-    @torch.no_grad()
-    def score(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction error of the clean input under the wrapped model's loss, (B,)."""
-        return self.base.score(x)

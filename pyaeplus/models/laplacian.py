@@ -6,43 +6,27 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
 from .. import _validate
-from .base import AutoEncoder, as_model, dense_latent, register
+from ..data.base import WithIndex
+from .base import dense_latent, register
+from .wrapper import WrapperAE
 
 
-class IndexedDataset(Dataset):
-    """Wraps a tensor (or a dataset) so that item i is ``(x_i, i)``: the node index the
-    Laplacian loss needs. ``DataLoader(IndexedDataset(x), batch_sampler=NeighborBatchSampler(...))``
-    yields ``(x (B, ...), idx (B,))`` batches.
-
-    Args:
-        data: a tensor (N, ...) or a dataset whose items are ``x`` or ``(x, ...)``.
-    """
-
-    def __init__(self, data):
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i):
-        item = self.data[i]
-        if isinstance(item, (tuple, list)):
-            item = item[0]
-        return item, i
+# Item i is ``(x_i, i)``: the node index the Laplacian loss needs;
+# ``DataLoader(IndexedDataset(x), batch_sampler=NeighborBatchSampler(...))`` yields ``(x (B, ...), idx (B,))``.
+IndexedDataset = WithIndex
 
 
 @register("laplacian")
-class LaplacianAE(AutoEncoder):
+class LaplacianAE(WrapperAE):
     """Autoencoder + graph-Laplacian regularizer ``lam · Σ_ij W_ij ‖z_i − z_j‖²`` over the batch's
     induced subgraph (:class:`pyaeplus.nn.LaplacianRegularizer`, fused kernels).
 
     Batches must carry the node index of every sample, ``(x, idx)``; the loss extracts
     ``graph.subgraph(idx)``. A random batch of a large graph contains almost no edges, so train
     with :class:`pyaeplus.graph.NeighborBatchSampler` (``sampler()`` builds one) over an
-    :class:`IndexedDataset`. The graph is data, not configuration: give it to the constructor
+    :class:`pyaeplus.data.WithIndex` (alias ``IndexedDataset``). The graph is data, not configuration: give it to the constructor
     or ``set_graph`` (it is not part of ``config`` nor of the state dict); ``knn_graph_of``
     builds one from features with :func:`pyaeplus.graph.knn_graph`.
 
@@ -69,10 +53,9 @@ class LaplacianAE(AutoEncoder):
 
     def __init__(self, base: Any, *, lam: float = 1.0, normalization: str | None = None,
                  reduction: str = "mean", graph=None, scale_invariant: bool = False):
-        super().__init__()
+        super().__init__(base)
         from .. import nn as pnn
 
-        self.base, desc = as_model("base", base)
         self.lam = _validate.number("lam", lam, nonnegative=True)
         _validate.choice("normalization", normalization, (None, "sym", "rw"))
         _validate.choice("reduction", reduction, ("sum", "mean"))
@@ -80,9 +63,8 @@ class LaplacianAE(AutoEncoder):
             raise TypeError(f"scale_invariant must be a bool, got {type(scale_invariant).__name__}")
         self.scale_invariant = scale_invariant
         self.regularizer = pnn.LaplacianRegularizer(lam=self.lam, normalization=normalization, reduction=reduction)
-        self._config = dict(base=desc, lam=self.lam, normalization=normalization, reduction=reduction,
+        self._config = dict(base=self._base_desc, lam=self.lam, normalization=normalization, reduction=reduction,
                             scale_invariant=scale_invariant)
-        self.feature_shape, self.recon_loss = self.base.feature_shape, self.base.recon_loss
         self.graph = None
         if graph is not None:
             self.set_graph(graph)
@@ -145,18 +127,6 @@ class LaplacianAE(AutoEncoder):
         return cache[device]
 
     # ---- protocol -------------------------------------------------------------------------
-    def encode(self, x: torch.Tensor):
-        """The wrapped model's latents."""
-        return self.base.encode(x)
-
-    def decode(self, z) -> torch.Tensor:
-        """The wrapped model's reconstruction from latents."""
-        return self.base.decode(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction of x."""
-        return self.base(x)
-
     def loss(self, batch) -> dict[str, torch.Tensor]:
         """Reconstruction + λ · Laplacian of the latents over the batch's subgraph.
 
@@ -174,7 +144,7 @@ class LaplacianAE(AutoEncoder):
             idx = batch.get("idx")
         if idx is None or not isinstance(idx, torch.Tensor) and not isinstance(idx, (list, tuple)):
             raise ValueError("batch must be (x, idx) with idx the node indices of the samples (use "
-                             "IndexedDataset and NeighborBatchSampler); got no indices")
+                             "pyaeplus.data.WithIndex and NeighborBatchSampler); got no indices")
         idx = torch.as_tensor(idx)
         if idx.dim() != 1 or idx.shape[0] != x.shape[0] or idx.is_floating_point():
             raise ValueError(f"batch idx must be an integer tensor of shape ({x.shape[0]},), "
@@ -191,8 +161,3 @@ class LaplacianAE(AutoEncoder):
         out = {k: v for k, v in terms.items() if k != "loss"}
         out.update(loss=terms["loss"] + lap, laplacian=lap.detach(), edges=torch.tensor(float(sub.nnz), device=lap.device))
         return out
-
-    @torch.no_grad()
-    def score(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction error under the wrapped model's loss, (B,)."""
-        return self.base.score(x)

@@ -11,11 +11,12 @@ from torch import nn
 
 from .. import _validate
 from .._amp import autocast_off
-from .base import AutoEncoder, as_model, dense_latent, register, split_batch
+from .base import dense_latent, register, split_batch
+from .wrapper import WrapperAE
 
 
 @register("deep_ocsvm")
-class DeepOCSVM(AutoEncoder):
+class DeepOCSVM(WrapperAE):
     """One-class SVM with an RBF kernel on the latents of an autoencoder.
 
     The RBF kernel ``exp(−γ‖z − z'‖²)`` is approximated by ``n_features`` random Fourier
@@ -48,8 +49,7 @@ class DeepOCSVM(AutoEncoder):
 
     def __init__(self, base: Any, *, nu: float = 0.1, gamma: float | str = "scale", n_features: int = 512,
                  seed: int = 0, recon_weight: float = 1.0, detach_latent: bool = True):
-        super().__init__()
-        self.base, desc = as_model("base", base)
+        super().__init__(base)
         nu = _validate.number("nu", nu)
         if not 0 < nu <= 1:
             raise ValueError(f"nu must be in (0, 1], got {nu}")
@@ -57,11 +57,10 @@ class DeepOCSVM(AutoEncoder):
         seed = _validate.integer("seed", seed)
         self.recon_weight = _validate.number("recon_weight", recon_weight, nonnegative=True)
         self.nu, self.detach_latent = nu, bool(detach_latent)
-        self.feature_shape, self.recon_loss = self.base.feature_shape, self.base.recon_loss
         self.latent_dim = self._latent_dim()
         if gamma != "scale":
             gamma = _validate.number("gamma", gamma, positive=True)
-        self._config = dict(base=desc, nu=nu, gamma=gamma, n_features=n_features, seed=seed,
+        self._config = dict(base=self._base_desc, nu=nu, gamma=gamma, n_features=n_features, seed=seed,
                             recon_weight=self.recon_weight, detach_latent=self.detach_latent)
         g = torch.Generator().manual_seed(seed)
         # buffers: saved with the model and moved by .to(), never trained. Ω = sqrt(2γ)·omega,
@@ -83,18 +82,6 @@ class DeepOCSVM(AutoEncoder):
             return dense_latent(self.base, self.base.encode(x)).shape[1]
         finally:
             self.base.train(was)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The autoencoder's latents."""
-        return self.base.encode(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The autoencoder's reconstruction from latents."""
-        return self.base.decode(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The autoencoder's reconstruction of x."""
-        return self.base(x)
 
     @torch.no_grad()
     def init_gamma(self, data) -> float:
@@ -126,6 +113,9 @@ class DeepOCSVM(AutoEncoder):
     def on_train_begin(self, loader) -> None:
         """Hook: resolves ``gamma="scale"`` from the first training batch before the first step, so the
         step itself never reads the device (``train.fit(sync_debug="error")`` holds from step 1)."""
+        hook = self.base_hook("on_train_begin")
+        if hook is not None:
+            hook(loader)
         if not self._gamma_ready():
             self.init_gamma([next(iter(loader))])
 
@@ -157,18 +147,10 @@ class DeepOCSVM(AutoEncoder):
         """Signed SVM margin ⟨w, φ(z)⟩ − ρ per sample (B,): negative outside the boundary."""
         return self._margin_from_latent(self.encode(x))
 
-    def loss(self, batch) -> dict[str, torch.Tensor]:
-        """Primal OC-SVM objective (+ recon_weight × reconstruction).
-
-        Returns:
-            dict with ``"loss"``, ``"svm"`` (the primal objective), ``"recon"``, ``"rho"`` and
-            ``"outside"`` (fraction of the batch with negative margin).
-        """
-        x, _ = self.base._input(batch)
-        return self.loss_terms(x)[0]
-
     def loss_terms(self, x: torch.Tensor):
-        """(loss dict, latents)."""
+        """Primal OC-SVM objective (+ recon_weight × reconstruction) and the latents: dict with
+        ``"loss"``, ``"svm"`` (the primal objective), ``"recon"``, ``"rho"`` and ``"outside"``
+        (fraction of the batch with negative margin)."""
         z = self.base.encode(x)
         zs = dense_latent(self.base, z)
         if not _validate._compiling() and not self._gamma_ready():      # gamma="scale": first batch

@@ -1,7 +1,9 @@
-"""The runtime layer under ``scoring``, ``checkpoint`` and ``train``: atomic file writes that turn a
-full disk into an ``OSError`` naming the path (never a half-written file or a leaked temporary),
-one-writer locks that a killed process cannot leave stuck, and cheap fingerprints of data and code
-so that a resumed job can tell whether it is still the same job.
+"""The runtime layer under ``train``, ``scoring``, ``checkpoint`` and ``graph``: atomic file writes
+that turn a full disk into an ``OSError`` naming the path (never a half-written file or a leaked
+temporary; ``files``), one-writer locks that a killed process cannot leave stuck (``lock``), cheap
+fingerprints of data and code so that a resumed job can tell whether it is still the same job
+(``fingerprint``), batches read and unpacked one way (``batches``), and the ``torch.distributed``
+helpers (``dist``: rank/world, shards, all-gathers, sums over ranks).
 
 Nothing here imports the rest of pyaeplus.
 """

@@ -12,6 +12,7 @@ an ``OSError`` with the same ``errno`` that names the final path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -19,9 +20,10 @@ import re
 import secrets
 import shutil
 import socket
-from typing import IO, Callable
+from typing import IO, Callable, Iterator
 
-__all__ = ["temp_path", "atomic_write", "clean_stale_temps", "write_error", "write_npy", "write_rows", "file_digest", "file_sha256",
+__all__ = ["temp_path", "atomic_write", "atomic_path", "restore_aside", "clean_stale_temps", "write_error", "write_npy",
+           "write_rows", "file_digest", "file_sha256",
            "fsync_dir", "pid_alive"]
 
 _TAG = ".pyaeplus-tmp-"
@@ -104,6 +106,75 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """``with atomic_path(out) as tmp:`` a temporary name next to ``out`` for writers that want a
+    path (``savefig``, ``torch.export.save``, ``np.lib.format.open_memmap``, ONNX ...). When the block
+    ends normally the temporary (a file, or a folder whose files are all flushed) is fsync-ed and
+    renamed onto ``out``; an existing folder at ``out`` is moved aside first and removed after (a
+    kill in between leaves it in ``.<name>.old.pyaeplus-tmp-...``, which :func:`restore_aside` moves
+    back). On any error the temporary is removed and an ``OSError`` is re-raised naming ``out``."""
+    path = pathlib.Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        if tmp.is_dir():
+            for f in tmp.iterdir():
+                _fsync_file(f)
+            _replace_folder(tmp, path)
+        else:
+            _fsync_file(tmp)
+            os.replace(tmp, path)
+    except BaseException as e:
+        if tmp.exists() or tmp.is_symlink():
+            _remove(tmp)
+        if isinstance(e, OSError):
+            raise write_error(e, path) from e
+        raise
+    fsync_dir(path.parent)
+
+
+def _fsync_file(f: pathlib.Path) -> None:
+    with open(f, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _replace_folder(tmp: pathlib.Path, path: pathlib.Path) -> None:
+    """Rename the complete folder ``tmp`` onto ``path`` (``os.replace`` cannot overwrite a
+    non-empty folder: an existing one is moved aside first, then removed)."""
+    if path.exists():
+        old = temp_path(path.with_name(path.name + ".old"))
+        old.mkdir()
+        os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+_ASIDE_RE = re.compile(r"^\.(?P<name>.+)\.old\.pyaeplus-tmp-.+-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def restore_aside(folder: str | os.PathLike, complete: Callable[[pathlib.Path], bool] = lambda p: True) -> None:
+    """Move back the folders that a killed :func:`atomic_path` had moved aside (its writer no
+    longer runs) when their replacement never arrived and ``complete(aside folder)`` holds."""
+    folder = pathlib.Path(folder)
+    try:
+        olds = [d for d in folder.glob(".*.old.pyaeplus-tmp-*") if d.is_dir()]
+    except OSError:
+        return
+    for d in olds:
+        m = _ASIDE_RE.match(d.name)
+        if m is None or int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"])):
+            continue
+        src, dst = d / m["name"], folder / m["name"]
+        if not dst.exists() and complete(src):
+            try:
+                os.replace(src, dst)
+            except OSError:
+                continue
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, text: bool = False) -> pathlib.Path:
     """Write ``path`` atomically: ``write(f)`` fills a temporary file object (binary unless
     ``text``), which is flushed, fsync-ed and renamed onto ``path``.
@@ -113,22 +184,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, text: 
             its errno, names ``path``. Anything else ``write`` raises propagates (temporary removed).
     """
     path = pathlib.Path(path)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "w" if text else "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise write_error(e, path) from e
-        raise
-    fsync_dir(path.parent)
+    with atomic_path(path) as tmp, open(tmp, "w" if text else "wb") as f:
+        write(f)
+        f.flush()
     return path
 
 

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .batches import first
+
 __all__ = ["data_fingerprint", "callable_fingerprint", "tensor_digest"]
 
 _PLAIN = (type(None), bool, int, float, complex, str, bytes)
@@ -45,10 +47,6 @@ def tensor_digest(t: torch.Tensor | np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _first(item):
-    return item[0] if isinstance(item, (tuple, list)) else item
-
-
 def sample_rows(n: int, rows: int) -> list[int]:
     """Up to ``rows`` indices spread evenly over ``range(n)``, first and last included."""
     if n <= rows:
@@ -63,11 +61,11 @@ def data_fingerprint(ds, n: int, *, rows: int = 64) -> str:
     h = hashlib.sha256(f"{type(ds).__module__}.{type(ds).__qualname__}|{n}|".encode())
     idx = sample_rows(n, rows)
     if hasattr(ds, "get_batch"):
-        batch = _first(ds.get_batch(torch.as_tensor(idx, dtype=torch.int64)))
+        batch = first(ds.get_batch(torch.as_tensor(idx, dtype=torch.int64)))
         _tensor_bytes(h, torch.as_tensor(batch))
     else:
         for i in idx:
-            _tensor_bytes(h, torch.as_tensor(_first(ds[i])))
+            _tensor_bytes(h, torch.as_tensor(first(ds[i])))
     files = getattr(ds, "files", None)
     if isinstance(files, (list, tuple)):
         for f in files:

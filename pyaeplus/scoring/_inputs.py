@@ -20,21 +20,13 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_array
 from torch.utils.data import Dataset
 
+from ..runtime.batches import first, read_rows
+
 _CHUNK = 4096  # rows per read when a dataset's statistics are accumulated
 
 
 def _is_dataset(X) -> bool:
     return isinstance(X, Dataset) and not isinstance(X, (torch.Tensor, np.ndarray))
-
-
-def _first(item):
-    return item[0] if isinstance(item, (tuple, list)) else item
-
-
-def _read(ds, idx: torch.Tensor) -> torch.Tensor:
-    if hasattr(ds, "get_batch"):
-        return torch.as_tensor(_first(ds.get_batch(idx)))
-    return torch.stack([torch.as_tensor(_first(ds[int(i)])) for i in idx])
 
 
 def check_X(est, X, *, reset: bool):
@@ -45,7 +37,7 @@ def check_X(est, X, *, reset: bool):
         n = len(X)
         if n == 0:
             raise ValueError("X is an empty dataset (0 samples)")
-        shape = tuple(torch.as_tensor(_first(X[0])).shape)
+        shape = tuple(torch.as_tensor(first(X[0])).shape)
         data = X
     else:
         if isinstance(X, torch.Tensor):
@@ -76,7 +68,7 @@ def fit_standardizer(data) -> StandardScaler:
     if isinstance(data, torch.Tensor):
         return sc.fit(data.reshape(data.shape[0], -1).numpy())  # float64 accumulators for float32 data too
     for idx in torch.arange(len(data)).split(_CHUNK):
-        x = _read(data, idx)
+        x = read_rows(data, idx)
         x = x if x.dtype in (torch.float32, torch.float64) else x.float()  # numpy has no bf16
         sc.partial_fit(x.reshape(idx.numel(), -1).numpy())
     return sc
@@ -111,7 +103,7 @@ class Standardized(Dataset):
 
     def get_batch(self, indices):
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        x = _read(self.dataset, idx).double().reshape(idx.numel(), -1)
+        x = read_rows(self.dataset, idx).double().reshape(idx.numel(), -1)
         return ((x - self.mean) / self.scale).float().reshape(idx.numel(), *self.sample_shape), idx
 
     def __getitem__(self, i: int):

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import pathlib
-import time
 from typing import Any, Callable
 
 import numpy as np
@@ -15,35 +12,16 @@ import torch
 
 from .. import _sync
 from .._validate import integer
+from ..runtime import dist as rdist
+from ..runtime.batches import read_rows
 from ..runtime.devices import resolve_device
-from .ledger import ScoreLedger
+from ._scorer import InMemory, Scorer
+from .ledger import ScoreLedger, fingerprint, job_fingerprint, read_scores  # noqa: F401 (public here too)
 
 SCORES = ("model", "mse", "mae", "bce", "ssim", "ms_ssim", "latent_knn", "svdd", "elbo")
 
 
 # ---- data --------------------------------------------------------------------------------------
-class _Batches(torch.utils.data.Dataset):
-    """Item i = the rows [lo + i*bs, min(hi, lo + (i+1)*bs)) of ``data`` as one float tensor, so that
-    DataLoader workers read whole batches (``get_batch`` when the dataset has it: one read per batch)."""
-
-    def __init__(self, data, starts: list[int], bs: int, hi: int):
-        self.data, self.starts, self.bs, self.hi = data, starts, bs, hi
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getitem__(self, i: int):
-        s = self.starts[i]
-        e = min(self.hi, s + self.bs)
-        if hasattr(self.data, "get_batch"):
-            b = self.data.get_batch(torch.arange(s, e))
-            x = b[0] if isinstance(b, (tuple, list)) else b
-        else:
-            items = [self.data[j] for j in range(s, e)]
-            x = torch.stack([torch.as_tensor(it[0] if isinstance(it, (tuple, list)) else it) for it in items])
-        return s, x
-
-
 def _dataset(data):
     from ..data.base import as_dataset
 
@@ -160,40 +138,6 @@ def _score_fn(name, model, knn_ref, k: int, maps: bool,
     raise ValueError(f"score must be one of {SCORES} or a callable(model, x) -> (B,), got {name!r}")
 
 
-# ---- fingerprint / ledger ----------------------------------------------------------------------
-def _model_digest(model: torch.nn.Module) -> str:
-    """sha256 over the model's class, config and weights."""
-    h = hashlib.sha256()
-    h.update(type(model).__qualname__.encode())
-    cfg = getattr(model, "config", None)
-    h.update(json.dumps(cfg, sort_keys=True, default=str).encode() if cfg is not None else b"-")
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-                 if t.numel() else b"")
-    return h.hexdigest()
-
-
-def fingerprint(model: torch.nn.Module, score_name: str, n: int, extra: dict | None = None) -> str:
-    """sha256 over the model's class, config and weights, the score name, the row count and ``extra``:
-    a resumed job with other settings is refused."""
-    h = hashlib.sha256(_model_digest(model).encode())
-    h.update(json.dumps({"score": score_name, "n": n, **(extra or {})}, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
-def _job_fingerprint(model, ds, n: int, score, data_id: str | None, settings: dict) -> dict[str, str]:
-    """The named components a resumed job must match (see ``scoring/ledger.py``): the model, the
-    score (a callable by its code), the data (sampled rows' content, shape and dtype, or
-    ``data_id``), the row count and the settings."""
-    from ..runtime import callable_fingerprint, data_fingerprint
-
-    data = ("id:" + hashlib.sha256(data_id.encode()).hexdigest()) if data_id is not None else data_fingerprint(ds, n)
-    return {"model": _model_digest(model),
-            "score": score if isinstance(score, str) else "callable:" + callable_fingerprint(score),
-            "data": data, "rows": str(n), "settings": json.dumps(settings, sort_keys=True, default=str)}
-
-
 def _check_out(out) -> tuple[pathlib.Path, str]:
     p = pathlib.Path(out).expanduser()
     fmt = p.suffix.lower().lstrip(".")
@@ -207,19 +151,6 @@ def _check_out(out) -> tuple[pathlib.Path, str]:
         except ImportError:
             raise ValueError("out=*.parquet needs pyarrow (pip install pyarrow); use .npy or .csv") from None
     return p, fmt
-
-
-def read_scores(path) -> np.ndarray:
-    """Scores written by :func:`score` (``.npy``, ``.csv`` or ``.parquet``) as a float32 array (N,)."""
-    p = pathlib.Path(path)
-    fmt = p.suffix.lower()
-    if fmt == ".npy":
-        return np.load(p)
-    if fmt == ".csv":
-        return np.loadtxt(p, delimiter=",", skiprows=1, usecols=1, dtype=np.float64, ndmin=1).astype(np.float32)
-    import pyarrow.parquet as pq
-
-    return pq.read_table(p).column("score").to_numpy().astype(np.float32)
 
 
 # ---- engine ------------------------------------------------------------------------------------
@@ -353,145 +284,31 @@ def score(model: torch.nn.Module, data, *, score: str | Callable = "model", batc
     chunk = batch_size * 64 if chunk_size is None else chunk_size
     chunk = -(-chunk // batch_size) * batch_size
 
-    rank, world, per, lo, hi = _shard(n)
-    led = None
-    if p is not None:
+    rank, world = rdist.rank_world()
+    _, lo, hi = rdist.shard(n, rank, world)
+    mine = _chunks(lo, hi, chunk)
+    if p is None:
+        sink = InMemory(maps, world)
+    else:
         settings = {"chunk": chunk, "maps": bool(maps), "world": world, "k": k,
                     "knn_metric": knn_metric if score == "latent_knn" else None,
                     "knn_exclude_self": bool(knn_exclude_self), "knn_reference": ref_digest}
-        led = ScoreLedger(p, fmt, fingerprint=_job_fingerprint(model, ds, n, score, data_id, settings), rank=rank,
-                          world=world, lo=lo, hi=hi, resume=resume, maps=maps).open()
-
-    fn = _score_fn(score, model, knn_ref, k, maps, bool(knn_exclude_self))
-    chunks = [(s, min(hi, s + chunk)) for s in range(lo, hi, chunk)]
-    todo = [c for c in chunks if led is None or not (led.finished or c in led.done)]
-    starts = [s for (cs, ce) in todo for s in range(cs, ce, batch_size)]
-    results: dict[tuple[int, int], tuple[np.ndarray, np.ndarray | None]] = {}
-
-    cuda = dev.type == "cuda"
-    loader = torch.utils.data.DataLoader(_Batches(ds, starts, batch_size, hi), batch_size=None, shuffle=False,
-                                         num_workers=num_workers, pin_memory=cuda,
-                                         persistent_workers=False, prefetch_factor=4 if num_workers else None,
-                                         generator=torch.Generator())  # never draws from the global RNG
-    use_amp = _use_amp(amp, cuda)
-    t0, rows = time.perf_counter(), 0
+        sink = ScoreLedger(p, fmt, fingerprint=job_fingerprint(model, ds, n, score, data_id, settings), rank=rank,
+                           world=world, lo=lo, hi=hi, resume=resume, maps=maps).open()
     p0 = next(iter(model.parameters()), None)
-    try:
-        for (cs, ce), arr, marr in _score_batches(fn, loader, todo, dev, amp=use_amp, maps=maps,
-                                                  dtype=None if p0 is None else p0.dtype, sync_debug=sync_debug):
-            rows += ce - cs
-            if led is not None:
-                led.record(cs, ce, arr, marr)
-            else:
-                results[(cs, ce)] = (arr, marr)
-    except BaseException:
-        if led is not None:  # the chunks done stay for a resume; a parts folder with none is removed
-            led.abort()
-        raise
-    dt = time.perf_counter() - t0
-    if progress and rows:
-        print(f"pyaeplus.scoring: {rows} rows in {dt:.2f} s ({rows / max(dt, 1e-9):,.0f} rows/s) on {dev}")
-
-    if led is not None:
-        led.finish(n, [(s, min(n, (r + 1) * per, s + chunk)) for r in range(world)
-                       for s in range(min(n, r * per), min(n, (r + 1) * per), chunk)])
-        full = read_scores(p).astype(np.float32)
-        return (full, np.load(led.maps_path, mmap_mode="r")) if maps else full
-    return _gather(results, chunks, maps, world)
+    scorer = Scorer(_score_fn(score, model, knn_ref, k, maps, bool(knn_exclude_self)), dev, batch_size,
+                    amp=_use_amp(amp, dev.type == "cuda"), maps=maps, dtype=None if p0 is None else p0.dtype,
+                    num_workers=num_workers, sync_debug=sync_debug)
+    scorer.run(ds, [c for c in mine if not (sink.finished or c in sink.done)], sink, progress)
+    if p is None:
+        return sink.result(mine)
+    every = [c for r in range(world) for c in _chunks(*rdist.shard(n, r, world)[1:], chunk)]
+    return sink.result(n, every)
 
 
-def _shard(n: int) -> tuple[int, int, int, int, int]:
-    """(rank, world, rows per rank, this rank's rows [lo, hi)) under torch.distributed, else one rank."""
-    rank, world = 0, 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    per = -(-n // world)
-    return rank, world, per, min(n, rank * per), min(n, (rank + 1) * per)
-
-
-def _gather(results: dict, chunks: list[tuple[int, int]], maps: bool, world: int):
-    """The in-memory result: this rank's chunks in order, then every rank's (all_gather)."""
-    mine = [results[c] for c in chunks]
-    sc = np.concatenate([a for a, _ in mine]) if mine else np.zeros(0, np.float32)
-    mp = np.concatenate([m for _, m in mine]) if (maps and mine) else None
-    if world > 1:
-        gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, (sc, mp))
-        sc = np.concatenate([g[0] for g in gathered])
-        mp = np.concatenate([g[1] for g in gathered if g[1] is not None]) if maps else None
-    return (sc, mp) if maps else sc
-
-
-class _HostChunk:
-    """The scores (and maps) of one chunk, gathered in host memory batch by batch: on CUDA each batch is
-    copied without waiting (non-blocking, into a pinned staging buffer reused from chunk to chunk) and
-    the device is synchronised once, when the chunk is complete."""
-
-    def __init__(self, dev: torch.device):
-        self.dev, self.cuda = dev, dev.type == "cuda"
-        self.staging: dict[str, torch.Tensor] = {}
-        self.parts: dict[str, torch.Tensor] = {}
-        self.rows = self.filled = 0
-
-    def begin(self, rows: int) -> None:
-        self.rows, self.filled, self.parts = rows, 0, {}
-
-    def put(self, key: str, offset: int, t: torch.Tensor) -> None:
-        dst = self.parts.get(key)
-        if dst is None:
-            dst = self.parts[key] = self._buffer(key, (self.rows, *t.shape[1:]))
-        if offset + t.shape[0] > self.rows:
-            raise RuntimeError(f"scored rows [{offset}, {offset + t.shape[0]}) of a chunk of {self.rows}")
-        dst[offset:offset + t.shape[0]].copy_(t, non_blocking=self.cuda)
-        if key == "scores":
-            self.filled += t.shape[0]
-
-    def _buffer(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
-        if not self.cuda:  # written in place, handed out as the chunk's array without a copy
-            return torch.from_numpy(np.empty(shape, np.float32))
-        buf = self.staging.get(key)
-        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
-            buf = self.staging[key] = torch.empty(shape, dtype=torch.float32, pin_memory=True)
-        return buf[:shape[0]]
-
-    def finish(self) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.filled != self.rows:
-            raise RuntimeError(f"scored {self.filled} rows for a chunk of {self.rows}")
-        if self.cuda:
-            torch.cuda.current_stream(self.dev).synchronize()  # the chunk's one synchronisation
-            out = {k: v.numpy().copy() for k, v in self.parts.items()}  # the staging buffers are reused
-        else:
-            out = {k: v.numpy() for k, v in self.parts.items()}
-        return out["scores"], out.get("maps")
-
-
-def _score_batches(fn, loader, todo: list[tuple[int, int]], dev: torch.device, *, amp: bool, maps: bool,
-                   dtype: torch.dtype | None, sync_debug: str | None):
-    """Score the batches of ``loader`` (items ``(start row, x)``, the rows of the chunks ``todo`` in
-    order) with ``fn``; yields ``((cs, ce), scores (ce-cs,) float32, maps or None)`` per completed
-    chunk. Nothing is read from the device between chunk ends (``sync_debug`` checks it)."""
-    guard = _sync.Guard(sync_debug, dev)
-    host = _HostChunk(dev)
-    ci = 0
-    batches = iter(loader)  # before the check: a DataLoader draws its base seed with .item()
-    with torch.inference_mode(), guard:
-        for s, x in batches:
-            cs, ce = todo[ci]
-            if s == cs:
-                host.begin(ce - cs)
-            x = x.to(dev, non_blocking=True)
-            if dtype is not None and x.is_floating_point() and x.dtype != dtype:
-                x = x.to(dtype)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                sc, mp = fn(x)
-            host.put("scores", s - cs, sc)
-            if maps:
-                host.put("maps", s - cs, mp)
-            if s + x.shape[0] >= ce:
-                with guard.paused():
-                    arr, marr = host.finish()
-                    yield (cs, ce), arr, marr
-                ci += 1
+def _chunks(lo: int, hi: int, chunk: int) -> list[tuple[int, int]]:
+    """The rows [lo, hi) in chunks of ``chunk`` (the last one shorter)."""
+    return [(s, min(hi, s + chunk)) for s in range(lo, hi, chunk)]
 
 
 def _latents(model, ref, batch_size: int, dev) -> torch.Tensor:
@@ -503,7 +320,7 @@ def _latents(model, ref, batch_size: int, dev) -> torch.Tensor:
     outs = []
     with torch.inference_mode():
         for s in range(0, len(ds), batch_size):
-            b = _Batches(ds, [s], batch_size, len(ds))[0][1].to(dev)
+            b = read_rows(ds, torch.arange(s, min(len(ds), s + batch_size))).to(dev)
             outs.append(dense_latent(model, model.encode(b)).float())
     return torch.cat(outs)
 

@@ -20,17 +20,20 @@ a resume with other data or code is refused with an error saying which one diffe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
 import shutil
 
 import numpy as np
+import torch
 
-from ..runtime import WriterLock, atomic_write, clean_stale_temps, fsync_dir
+from ..runtime import WriterLock, atomic_write, callable_fingerprint, clean_stale_temps, data_fingerprint, fsync_dir
+from ..runtime import dist as rdist
 from ..runtime.files import write_npy, write_rows
 
-__all__ = ["ScoreLedger", "write_final"]
+__all__ = ["ScoreLedger", "write_final", "read_scores", "fingerprint", "job_fingerprint", "model_digest"]
 
 VERSION = 2
 
@@ -42,6 +45,42 @@ _WHAT = {
     "settings": "the settings (chunk_size, maps, world size, k, knn_metric or the knn_reference latents)",
 }
 
+
+# ---- fingerprint ---------------------------------------------------------------------------
+
+def model_digest(model: torch.nn.Module) -> str:
+    """sha256 over the model's class, config and weights."""
+    h = hashlib.sha256()
+    h.update(type(model).__qualname__.encode())
+    cfg = getattr(model, "config", None)
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode() if cfg is not None else b"-")
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if t.numel() else b"")
+    return h.hexdigest()
+
+
+def fingerprint(model: torch.nn.Module, score_name: str, n: int, extra: dict | None = None) -> str:
+    """sha256 over the model's class, config and weights, the score name, the row count and ``extra``:
+    a resumed job with other settings is refused."""
+    h = hashlib.sha256(model_digest(model).encode())
+    h.update(json.dumps({"score": score_name, "n": n, **(extra or {})}, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def job_fingerprint(model, ds, n: int, score, data_id: str | None, settings: dict) -> dict[str, str]:
+    """The named components a resumed job must match (see ``scoring/ledger.py``): the model, the
+    score (a callable by its code), the data (sampled rows' content, shape and dtype, or
+    ``data_id``), the row count and the settings."""
+    data = ("id:" + hashlib.sha256(data_id.encode()).hexdigest()) if data_id is not None else data_fingerprint(ds, n)
+    return {"model": model_digest(model),
+            "score": score if isinstance(score, str) else "callable:" + callable_fingerprint(score),
+            "data": data, "rows": str(n), "settings": json.dumps(settings, sort_keys=True, default=str)}
+
+
+
+# ---- files ---------------------------------------------------------------------------------
 
 def _read_json(path: pathlib.Path):
     try:
@@ -76,6 +115,19 @@ def write_final(p: pathlib.Path, fmt: str, scores: np.ndarray) -> None:
             pq.write_table(pa.table({"index": np.arange(len(scores), dtype=np.int64), "score": scores}), f)
 
     atomic_write(p, write)
+
+
+def read_scores(path) -> np.ndarray:
+    """Scores written by :func:`score` (``.npy``, ``.csv`` or ``.parquet``) as a float32 array (N,)."""
+    p = pathlib.Path(path)
+    fmt = p.suffix.lower()
+    if fmt == ".npy":
+        return np.load(p)
+    if fmt == ".csv":
+        return np.loadtxt(p, delimiter=",", skiprows=1, usecols=1, dtype=np.float64, ndmin=1).astype(np.float32)
+    import pyarrow.parquet as pq
+
+    return pq.read_table(p).column("score").to_numpy().astype(np.float32)
 
 
 def _write_maps(path: pathlib.Path, n: int, chunk_files: list[pathlib.Path]) -> None:
@@ -219,19 +271,21 @@ class ScoreLedger:
     def finish(self, n: int, all_chunks: list[tuple[int, int]]) -> None:
         """Rank 0 writes the final files from every rank's chunks (unless an earlier run did), marks
         the job complete, then removes the parts; the other ranks wait (barriers). Releases the lock."""
-        import torch.distributed as dist
-
         try:
-            if self.world > 1:
-                dist.barrier()
+            rdist.barrier()
             if self.rank == 0:
                 if not self.finished:
                     self._assemble(n, all_chunks)
                 self._cleanup()
-            if self.world > 1:
-                dist.barrier()
+            rdist.barrier()
         finally:
             self.lock.release()
+
+    def result(self, n: int, all_chunks: list[tuple[int, int]]):
+        """:meth:`finish`, then the final scores (N,) float32 (and the maps, memory-mapped)."""
+        self.finish(n, all_chunks)
+        full = read_scores(self.out).astype(np.float32)
+        return (full, np.load(self.maps_path, mmap_mode="r")) if self.maps else full
 
     def _assemble(self, n: int, all_chunks: list[tuple[int, int]]) -> None:
         full = np.concatenate([np.load(self.part(cs, ce)) for cs, ce in all_chunks])
