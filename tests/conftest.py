@@ -8,12 +8,26 @@ process with TRITON_INTERPRET=1 (benchmarks/gpu_check.sh does).
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pathlib
+import shutil
+import sys
+import tempfile
 
 if "TRITON_INTERPRET" not in os.environ and not glob.glob("/dev/nvidia[0-9]*"):
     os.environ["TRITON_INTERPRET"] = "1"
+# tools/run_tests.sh tests the installed package (python -P: the checkout is not on sys.path); the
+# subprocesses the tests start (python -c ..., in the checkout) must import the same package, not the
+# source tree, which has no compiled modules in a fresh clone.
+if sys.flags.safe_path:
+    os.environ["PYTHONSAFEPATH"] = "1"
+# A private Inductor cache: torch keys a compiled autograd graph by its forward, so a cache left by an
+# older pyaeplus (other backward op names) would replay stale backward graphs into torch.compile tests.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE = tempfile.mkdtemp(prefix="pyaeplus-tests-inductor-")
+    atexit.register(shutil.rmtree, _INDUCTOR_CACHE, ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
