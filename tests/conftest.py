@@ -18,11 +18,11 @@ import tempfile
 
 if "TRITON_INTERPRET" not in os.environ and not glob.glob("/dev/nvidia[0-9]*"):
     os.environ["TRITON_INTERPRET"] = "1"
-# tools/run_tests.sh tests the installed package (python -P: the checkout is not on sys.path); the
-# subprocesses the tests start (python -c ..., in the checkout) must import the same package, not the
-# source tree, which has no compiled modules in a fresh clone.
-if sys.flags.safe_path:
-    os.environ["PYTHONSAFEPATH"] = "1"
+# tools/run_tests.sh tests the installed package (python -P: the checkout is not on sys.path). A test that
+# starts ``python -c ...`` in the checkout uses PYTHON, so that the child imports the same package and not
+# the source tree (which has no compiled modules in a fresh clone). Scripts run by path (benchmarks/*.py)
+# need their own folder on sys.path, so -P is not exported to every child.
+PYTHON = (sys.executable, "-P") if sys.flags.safe_path else (sys.executable,)
 # A private Inductor cache: torch keys a compiled autograd graph by its forward, so a cache left by an
 # older pyaeplus (other backward op names) would replay stale backward graphs into torch.compile tests.
 if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:

@@ -24,6 +24,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import PYTHON
 
 PRELUDE = textwrap.dedent('''
     import contextlib, io, json, math, os, pathlib, signal, subprocess, sys, tempfile, time
@@ -147,7 +148,7 @@ def run_cases(cases, timeout: float = 600.0) -> dict[str, tuple[str, str]]:
     while todo:
         payload = json.dumps([{"prelude": PRELUDE}] + [{"name": n, "code": textwrap.dedent(c), "expect": e}
                                                        for n, c, e in todo])
-        p = subprocess.run([sys.executable, "-c", RUNNER], input=payload, capture_output=True, text=True,
+        p = subprocess.run([*PYTHON, "-c", RUNNER], input=payload, capture_output=True, text=True,
                            timeout=timeout, env=env)
         for line in p.stdout.splitlines():
             if line.startswith("{"):

@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 
+from conftest import PYTHON
 from pyaeplus import backends
 
 pytestmark = pytest.mark.skipif(not backends.available()["cpu"], reason="pyaeplus._C is not built")
@@ -58,7 +59,7 @@ torch.save(out, sys.argv[1])
 
 def _run(path, baseline: bool):
     env = dict(os.environ, PYAEPLUS_CPU_BASELINE="1" if baseline else "0")
-    subprocess.run([sys.executable, "-c", SCRIPT, str(path)], check=True, env=env, timeout=300)
+    subprocess.run([*PYTHON, "-c", SCRIPT, str(path)], check=True, env=env, timeout=300)
     return torch.load(path)
 
 
